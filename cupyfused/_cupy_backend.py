@@ -1,0 +1,104 @@
+"""Backend ``cupy``: the sources of ``cuda_src/`` compiled by NVRTC through ``cupy.RawModule`` and launched by
+CuPy. Torch tensors are shared with CuPy zero-copy through DLPack; CuPy arrays need no torch at all.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from . import _sources
+from .plan import ALL_KERNELS
+
+_modules: dict = {}
+BUILD_INFO: dict = {}
+
+
+def _cuda_major():
+    try:
+        import torch
+
+        return int(torch.version.cuda.split(".")[0]) if torch.version.cuda else None
+    except Exception:  # pragma: no cover
+        return None
+
+
+def pip_package() -> str:
+    """The CuPy wheel that matches the installed torch's CUDA major version."""
+    return f"cupy-cuda{_cuda_major() or 12}x"
+
+
+def cache_dir() -> pathlib.Path:
+    """CuPy's kernel cache (``CUPY_CACHE_DIR``, default ``~/.cupy/kernel_cache``)."""
+    return pathlib.Path(os.environ.get("CUPY_CACHE_DIR") or pathlib.Path.home() / ".cupy" / "kernel_cache")
+
+
+def unavailable_reason():
+    """None if this backend can run here, else why not."""
+    try:
+        import cupy
+    except ImportError:
+        return f"CuPy is not installed: pip install {pip_package()}"
+    except Exception as e:  # a broken install (e.g. CUDA libraries missing)
+        return f"CuPy failed to import ({type(e).__name__}: {e}); reinstall with pip install {pip_package()}"
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return "CuPy sees no CUDA GPU"
+    except Exception as e:
+        return f"CuPy sees no CUDA GPU ({type(e).__name__}: {e})"
+    return None
+
+
+def module(device_id: int, defines: dict):
+    import cupy
+
+    key = (device_id, tuple(sorted(defines.items())))
+    if key not in _modules:
+        t0 = time.perf_counter()
+        with cupy.cuda.Device(device_id):
+            mod = cupy.RawModule(code=_sources.source_text(defines), options=_sources.NVRTC_FLAGS, backend="nvrtc")
+            kernels = {name: mod.get_function(name) for name in ALL_KERNELS}  # compiles (or loads from cache)
+        seconds = time.perf_counter() - t0
+        if seconds > 2.0:
+            print(f"cupyfused: NVRTC build for GPU {device_id} took {seconds:.1f} s", file=sys.stderr, flush=True)
+        _modules[key] = kernels
+        BUILD_INFO[key] = {"seconds": seconds, "cache_dir": str(cache_dir())}
+    return _modules[key]
+
+
+_PACK = {"q": np.int64, "i": np.int32, "f": np.float32}
+
+
+def external_stream(torch_stream, device_id: int):
+    """CuPy's view of a torch stream: CuPy 14's ``Stream.from_external`` where the stream speaks the
+    ``__cuda_stream__`` protocol, else ``ExternalStream`` (deprecated in CuPy 14, so its warning is muted)."""
+    import cupy
+
+    from_external = getattr(cupy.cuda.Stream, "from_external", None)
+    if from_external is not None and hasattr(torch_stream, "__cuda_stream__"):
+        try:
+            return from_external(torch_stream)
+        except Exception:  # an older protocol version on either side: the pointer form below still works
+            pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return cupy.cuda.ExternalStream(torch_stream.cuda_stream, device_id)
+
+
+def launch(plan, args, device_id: int, stream) -> None:
+    """Run the plan's kernels in order on ``stream``; pointer arguments are CuPy arrays on ``device_id``."""
+    import cupy
+
+    kernels = module(device_id, plan.defines)
+    packed = tuple(v if t == "p" else _PACK[t](v) for t, v in args)
+    with cupy.cuda.Device(device_id), stream:
+        for name in plan.kernels:
+            fn = kernels[name]
+            if plan.smem_bytes > 48 * 1024:
+                fn.max_dynamic_shared_size_bytes = plan.smem_bytes
+            fn(plan.grid, plan.block, packed, shared_mem=plan.smem_bytes)

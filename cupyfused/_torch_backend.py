@@ -1,0 +1,174 @@
+"""Backend ``torch``: the sources of ``cuda_src/`` built by nvcc through ``torch.utils.cpp_extension.load_inline``
+and launched from the extension on PyTorch's current stream of the tensors' device, under a device guard.
+
+The extension holds one generic launcher: it takes a kernel name, the plan's grid/block/shared memory and the
+argument list packed by type code (see ``plan.SIGNATURE``), so every launch decision stays in the plan.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+import time
+
+from . import _sources
+from .plan import ALL_KERNELS
+
+_GLUE = r"""
+#include <torch/extension.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAException.h>
+#include <cuda_runtime.h>
+#include <cstring>
+#include <string>
+
+namespace {
+struct CfKernel { const char* name; const void* fn; };
+const CfKernel kCfKernels[] = { @TABLE@ };
+}  // namespace
+
+void cf_launch(const std::string& name, int64_t device, py::tuple grid, py::tuple block, int64_t smem,
+               const std::string& types, py::list args) {
+  const void* fn = nullptr;
+  for (const auto& k : kCfKernels) if (name == k.name) fn = k.fn;
+  TORCH_INTERNAL_ASSERT(fn != nullptr, "cupyfused: no kernel named ", name);
+  TORCH_INTERNAL_ASSERT(types.size() == (size_t)py::len(args) && py::len(grid) == 3 && py::len(block) == 3,
+                        "cupyfused: launch arguments do not match the plan's signature");
+  const c10::cuda::CUDAGuard guard((c10::DeviceIndex)device);
+  const size_t n = types.size();
+  std::vector<unsigned long long> storage(n, 0);  // 8 bytes per argument, each read back at its own width
+  std::vector<void*> ptrs(n);
+  for (size_t i = 0; i < n; ++i) {
+    void* dst = &storage[i];
+    switch (types[i]) {
+      case 'p': {
+        const at::Tensor t = args[i].cast<at::Tensor>();
+        TORCH_INTERNAL_ASSERT(t.is_cuda() && t.get_device() == device, "cupyfused: buffer ", i,
+                              " not on cuda:", device);
+        const void* p = t.data_ptr();
+        std::memcpy(dst, &p, sizeof p);
+        break;
+      }
+      case 'q': { const long long v = args[i].cast<long long>(); std::memcpy(dst, &v, sizeof v); break; }
+      case 'i': { const int v = (int)args[i].cast<long long>(); std::memcpy(dst, &v, sizeof v); break; }
+      case 'f': { const float v = (float)args[i].cast<double>(); std::memcpy(dst, &v, sizeof v); break; }
+      default: TORCH_INTERNAL_ASSERT(false, "cupyfused: unknown type code ", types[i]);
+    }
+    ptrs[i] = dst;
+  }
+  if (smem > 48 * 1024)
+    C10_CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  const dim3 g(grid[0].cast<unsigned>(), grid[1].cast<unsigned>(), grid[2].cast<unsigned>());
+  const dim3 b(block[0].cast<unsigned>(), block[1].cast<unsigned>(), block[2].cast<unsigned>());
+  C10_CUDA_CHECK(cudaLaunchKernel(fn, g, b, ptrs.data(), (size_t)smem,
+                                  at::cuda::getCurrentCUDAStream((c10::DeviceIndex)device).stream()));
+}
+"""
+
+_DECL = (
+    "void cf_launch(const std::string& name, int64_t device, py::tuple grid, py::tuple block, int64_t smem, "
+    "const std::string& types, py::list args);"
+)
+
+_modules: dict = {}
+
+
+def extension_root() -> pathlib.Path:
+    """Where torch keeps extension builds (``TORCH_EXTENSIONS_DIR``, else torch's default)."""
+    from torch.utils import cpp_extension
+
+    return pathlib.Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root())
+
+
+def extension_dir() -> pathlib.Path:
+    """The folder holding this package's builds, one sub-folder per (sources, flags, architecture)."""
+    return extension_root() / "cupyfused"
+
+
+def unavailable_reason():
+    """None if this backend can run here, else why not."""
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError as e:  # pragma: no cover - torch is a dependency
+        return f"torch is not importable ({e})"
+    if torch.version.cuda is None:
+        return f"this torch ({torch.__version__}) is a CPU build; install a CUDA build of torch"
+    if not torch.cuda.is_available():
+        return "torch.cuda.is_available() is False (no CUDA GPU or driver)"
+    if cpp_extension.CUDA_HOME is None:
+        return "no CUDA toolkit (nvcc) found for load_inline: set CUDA_HOME"
+    if not cpp_extension.is_ninja_available():
+        return "load_inline needs ninja: pip install ninja"
+    return None
+
+
+def _build(device_index: int, defines: dict):
+    import torch
+    from torch.utils import cpp_extension
+
+    cc = torch.cuda.get_device_capability(device_index)
+    text = _sources.source_text(defines)
+    table = ", ".join(f'{{"{k}", (const void*)&{k}}}' for k in ALL_KERNELS)
+    import hashlib
+
+    key = hashlib.sha256((text + _GLUE + " ".join(_sources.NVCC_FLAGS)).encode()).hexdigest()[:16]
+    name = f"cupyfused_{key}_sm{cc[0]}{cc[1]}"
+    build_dir = extension_dir() / name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    lock = build_dir / "lock"
+    if lock.exists() and time.time() - lock.stat().st_mtime > 600:
+        raise RuntimeError(
+            f"cupyfused: a build lock older than 10 minutes blocks the torch extension build: {lock}. "
+            "An earlier build was interrupted; if no other build is running, delete that file and retry."
+        )
+    first = not any(build_dir.glob(f"{name}*.so")) and not any(build_dir.glob(f"{name}*.pyd"))
+    gpu = torch.cuda.get_device_name(device_index)
+    if first:
+        print(f"cupyfused: building the torch extension for {gpu} (sm_{cc[0]}{cc[1]}) in {build_dir} "
+              "(first build, about a minute)...", file=sys.stderr, flush=True)  # fmt: skip
+    t0 = time.perf_counter()
+    old_arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    os.environ["TORCH_CUDA_ARCH_LIST"] = f"{cc[0]}.{cc[1]}"  # build for this GPU only
+    try:
+        module = cpp_extension.load_inline(
+            name=name,
+            cpp_sources=[_DECL],
+            cuda_sources=[text + _GLUE.replace("@TABLE@", table)],
+            functions=["cf_launch"],
+            extra_cuda_cflags=list(_sources.NVCC_FLAGS),
+            build_directory=str(build_dir),
+            verbose=False,
+        )
+    finally:
+        if old_arch is None:
+            del os.environ["TORCH_CUDA_ARCH_LIST"]
+        else:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = old_arch
+    build_s = time.perf_counter() - t0
+    if first:
+        print(f"cupyfused: torch extension built in {build_s:.1f} s", file=sys.stderr, flush=True)
+    return module, {"name": name, "dir": str(build_dir), "seconds": build_s, "first_build": first}
+
+
+BUILD_INFO: dict = {}
+
+
+def module(device_index: int, defines: dict):
+    key = (device_index, tuple(sorted(defines.items())))
+    if key not in _modules:
+        mod, info = _build(device_index, defines)
+        _modules[key] = mod
+        BUILD_INFO[key] = info
+    return _modules[key]
+
+
+def launch(plan, args, device_index: int) -> None:
+    """Run the plan's kernels in order on torch's current stream of ``device_index``; args are torch tensors."""
+    mod = module(device_index, plan.defines)
+    types = "".join(t for t, _ in args)
+    values = [v for _, v in args]
+    for name in plan.kernels:
+        mod.cf_launch(name, device_index, plan.grid, plan.block, plan.smem_bytes, types, values)

@@ -1,0 +1,269 @@
+"""The functional API: validation (all of it before any launch), then one launch plan run by either backend."""
+
+from __future__ import annotations
+
+import numbers
+
+from . import _cupy_backend, _torch_backend
+from .plan import BUFFERS, ENGINES, DeviceInfo, make_plan
+
+BACKENDS = ("torch", "cupy")
+_BACKEND_MODULES = {"torch": _torch_backend, "cupy": _cupy_backend}
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested backend cannot run here; the message says why and what to install."""
+
+
+def available_backends() -> dict:
+    """Each backend's name mapped to None where it works here, else to the reason it does not."""
+    return {name: _unavailable(name) for name in BACKENDS}
+
+
+_REASONS: dict = {}
+
+
+def _unavailable(backend):
+    """A backend's reason not to run, looked up once per process (the torch check starts ``ninja --version``)."""
+    if backend not in _REASONS:
+        _REASONS[backend] = _BACKEND_MODULES[backend].unavailable_reason()
+    return _REASONS[backend]
+
+
+def _kind(a):
+    """'torch', 'cupy', or None for anything else (CuPy is not imported unless the object comes from it)."""
+    mod = type(a).__module__
+    if mod.startswith("torch"):
+        import torch
+
+        return "torch" if isinstance(a, torch.Tensor) else None
+    if mod.startswith("cupy"):
+        import cupy
+
+        return "cupy" if isinstance(a, cupy.ndarray) else None
+    return None
+
+
+def _device_of(a, kind):
+    """('cuda', index) or (device type, None) for a CPU tensor."""
+    if kind == "cupy":
+        return ("cuda", a.device.id)
+    return (a.device.type, a.device.index if a.device.type == "cuda" else None)
+
+
+def _dtype_name(a) -> str:
+    return str(a.dtype).replace("torch.", "")
+
+
+def _numel(a) -> int:
+    n = 1
+    for s in a.shape:
+        n *= int(s)
+    return n
+
+
+def _validate(x, params, num_groups, eps, backend, engine, out):
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+    if engine not in ("auto",) + ENGINES:
+        raise ValueError(f"engine must be one of ('auto', 'mma', 'direct'); got {engine!r}")
+    kind = _kind(x)
+    if kind is None:
+        raise TypeError(f"x must be a torch.Tensor or a cupy.ndarray; got {type(x).__name__}")
+    named = dict(x=x, **params)
+    for name, a in named.items():
+        if _kind(a) is None:
+            raise TypeError(f"{name} must be a torch.Tensor or a cupy.ndarray; got {type(a).__name__}")
+        if _dtype_name(a) != "float32":
+            raise TypeError(f"cupyfused computes in float32: {name} has dtype {_dtype_name(a)}")
+    if x.ndim != 4:
+        raise ValueError(
+            f"expected 4-D input x of shape (N, C_in, H, W); got {x.ndim}-D input of shape {tuple(x.shape)}"
+        )
+    w = params["conv_weight"]
+    if w.ndim != 4 or w.shape[2] != w.shape[3]:
+        raise ValueError(f"conv_weight must have shape (C_out, C_in, K, K); got {tuple(w.shape)}")
+    N, C_in, H, W = (int(s) for s in x.shape)
+    C_out, K = int(w.shape[0]), int(w.shape[2])
+    if C_out < 1 or K < 1:
+        raise ValueError(f"conv_weight must have C_out >= 1 and K >= 1; got {tuple(w.shape)}")
+    if int(w.shape[1]) != C_in:
+        raise ValueError(
+            f"Given groups=1, weight of size {list(w.shape)}, expected input{list(x.shape)} to have "
+            f"{int(w.shape[1])} channels, but got {C_in} channels instead"
+        )
+    if H < K or W < K:
+        raise ValueError(
+            f"Calculated input size per channel: ({H} x {W}). Kernel size: ({K} x {K}). "
+            "Kernel size can't be greater than actual input size"
+        )
+    for name in ("conv_bias", "gn_weight", "gn_bias"):
+        if tuple(params[name].shape) != (C_out,):
+            raise ValueError(f"{name} must have shape ({C_out},); got {tuple(params[name].shape)}")
+    for name in ("bias", "scale"):
+        a = params[name]
+        shape = tuple(int(s) for s in a.shape)
+        trimmed = shape[1:] if len(shape) == 4 and shape[0] == 1 else shape
+        if not (_numel(a) == 1 or trimmed == (C_out, 1, 1)):
+            raise ValueError(f"{name} must have shape ({C_out}, 1, 1) (one value per output channel); got {shape}")
+    if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral) or num_groups < 1:
+        raise ValueError(f"num_groups must be a positive integer; got {num_groups!r}")
+    if C_out % num_groups:
+        raise ValueError(f"num_channels must be divisible by num_groups (C_out={C_out}, num_groups={num_groups})")
+    if not isinstance(eps, numbers.Real) or not eps > 0:
+        raise ValueError(f"eps must be a positive number; got {eps!r}")
+    if out is not None:
+        OH, OW = H - K + 1, W - K + 1
+        if _kind(out) != kind:
+            raise TypeError(f"out must be the same kind of array as x ({kind}); got {type(out).__name__}")
+        if _dtype_name(out) != "float32":
+            raise TypeError(f"out must be float32; got {_dtype_name(out)}")
+        if tuple(int(s) for s in out.shape) != (N, C_out, OH, OW):
+            raise ValueError(f"out must have shape {(N, C_out, OH, OW)}; got {tuple(out.shape)}")
+        contiguous = out.is_contiguous() if kind == "torch" else out.flags.c_contiguous
+        if not contiguous:
+            raise ValueError("out must be C-contiguous")
+        named["out"] = out
+    dev = _device_of(x, kind)
+    if dev[0] != "cuda":
+        raise ValueError(f"x must be a CUDA tensor (on a CUDA device); got a tensor on {dev[0]}")
+    for name, a in named.items():
+        d = _device_of(a, _kind(a))
+        if d != dev:
+            raise ValueError(
+                f"Expected all tensors to be on the same device: x is on cuda:{dev[1]}, {name} is on "
+                f"{d[0]}{'' if d[1] is None else f':{d[1]}'}"
+            )
+    reason = _unavailable(backend)
+    if reason is not None:
+        raise BackendUnavailableError(f"cupyfused backend {backend!r} is not available: {reason}")
+    return kind, dev[1], (N, C_in, H, W), C_out, K
+
+
+def fused_forward(x, conv_weight, conv_bias, bias, scale, gn_weight, gn_bias, num_groups, eps=1e-5, *,
+                  backend="torch", engine="auto", out=None):  # fmt: skip
+    """Conv2d (stride 1, no padding) -> + bias -> * scale -> sigmoid -> GroupNorm(num_groups, eps), float32.
+
+    ``x`` (N, C_in, H, W) and the parameters may be torch CUDA tensors or CuPy arrays (any strides for ``x``);
+    the result is the same kind as ``x``: a new contiguous (N, C_out, H-K+1, W-K+1) array, or ``out`` if given.
+    Parameter shapes are those of the reference ``Model``: conv_weight (C_out, C_in, K, K), conv_bias (C_out,),
+    bias and scale (C_out, 1, 1), gn_weight and gn_bias (C_out,).
+
+    backend: "torch" (nvcc build through load_inline) or "cupy" (NVRTC through cupy.RawModule); both run the
+    same kernels from ``cuda_src/`` and give bitwise identical results. The work runs on the current stream of
+    x's framework (torch's for tensors, CuPy's for arrays) on x's device.
+    engine: "auto" (the plan's choice), "mma" (3xTF32 tensor-core conv; ValueError where its tile does not fit
+    in shared memory) or "direct" (FP32 FMA conv, any shape).
+
+    Forward only: the result carries no autograd history. Errors are raised before anything is launched.
+    """
+    params = dict(conv_weight=conv_weight, conv_bias=conv_bias, bias=bias, scale=scale, gn_weight=gn_weight,
+                  gn_bias=gn_bias)  # fmt: skip
+    kind, dev, x_shape, C_out, K = _validate(x, params, num_groups, eps, backend, engine, out)
+    N, C_in, H, W = x_shape
+    out_shape = (N, C_out, H - K + 1, W - K + 1)
+    # Parameters of the other framework join x's through DLPack (zero-copy), detached from autograd.
+    params = {k: _to_kind(v, kind) for k, v in params.items()}
+    if kind == "torch":
+        return _run_torch_input(x.detach(), params, num_groups, eps, backend, engine, out, dev, out_shape, K)
+    return _run_cupy_input(x, params, num_groups, eps, backend, engine, out, dev, out_shape, K)
+
+
+def _to_kind(a, kind):
+    if _kind(a) == kind:
+        return a.detach() if kind == "torch" else a
+    if kind == "torch":
+        import torch
+
+        return torch.from_dlpack(a)
+    import cupy
+
+    return cupy.from_dlpack(a.detach())
+
+
+def _buffers(x, params, C_out, ws, out, lib):
+    """The kernels' pointer arguments: parameters as contiguous (C_out,) vectors (a single value broadcast)."""
+
+    def flat(a):
+        a = a.reshape(-1)
+        if a.shape[0] == 1 and C_out != 1:
+            a = a.expand(C_out) if lib is None else lib.broadcast_to(a, (C_out,))
+        return a.contiguous() if lib is None else lib.ascontiguousarray(a)
+
+    w = params["conv_weight"]
+    w = w.contiguous() if lib is None else lib.ascontiguousarray(w)
+    return dict(x=x, w=w, conv_b=flat(params["conv_bias"]), bias=flat(params["bias"]), scale=flat(params["scale"]),
+                gamma=flat(params["gn_weight"]), beta=flat(params["gn_bias"]), partials=ws, out=out)  # fmt: skip
+
+
+def _run_torch_input(x, params, G, eps, backend, engine, out, dev, out_shape, K):
+    import torch
+
+    device = torch.device("cuda", dev)
+    if out is None:
+        out = torch.empty(out_shape, dtype=torch.float32, device=device)
+    if out.numel() == 0:
+        return out
+    plan = make_plan(x.shape, out_shape[1], K, G, _device_info("torch", dev), engine, eps)
+    with torch.cuda.device(dev):
+        ws = torch.empty(plan.workspace_shape, dtype=torch.float64, device=device)
+        bufs = _buffers(x, params, out_shape[1], ws, out, None)
+        if backend == "torch":
+            _torch_backend.launch(plan, plan.args(bufs, x.stride()), dev)
+        else:
+            stream = _cupy_backend.external_stream(torch.cuda.current_stream(device), dev)
+            _launch_cupy_on(plan, bufs, x.stride(), dev, stream)
+    return out
+
+
+def _launch_cupy_on(plan, bufs, x_strides, dev, stream):
+    """Share torch buffers with CuPy through DLPack (inside ``stream``, so no extra sync) and launch."""
+    import cupy
+
+    with cupy.cuda.Device(dev), stream:
+        arrays = {k: (cupy.from_dlpack(v) if _kind(v) == "torch" else v) for k, v in bufs.items()}
+    assert set(arrays) == set(BUFFERS)
+    _cupy_backend.launch(plan, plan.args(arrays, x_strides), dev, stream)
+
+
+def _run_cupy_input(x, params, G, eps, backend, engine, out, dev, out_shape, K):
+    import cupy
+
+    with cupy.cuda.Device(dev):
+        if out is None:
+            out = cupy.empty(out_shape, dtype=cupy.float32)
+        if out.size == 0:
+            return out
+        itemsize = x.dtype.itemsize
+        if any(s % itemsize for s in x.strides):
+            x = cupy.ascontiguousarray(x)  # a byte stride of no whole element: no kernel can index it
+        strides = tuple(s // itemsize for s in x.strides)
+        plan = make_plan(x.shape, out_shape[1], K, G, _device_info("cupy", dev), engine, eps)
+        stream = cupy.cuda.get_current_stream()
+        if backend == "cupy":
+            ws = cupy.empty(plan.workspace_shape, dtype=cupy.float64)
+            _launch_cupy_on(plan, _buffers(x, params, out_shape[1], ws, out, cupy), strides, dev, stream)
+            return out
+    # The torch backend on CuPy arrays runs on CuPy's current stream, through torch's view of it.
+    import torch
+
+    device = torch.device("cuda", dev)
+    with torch.cuda.device(dev), torch.cuda.stream(torch.cuda.ExternalStream(stream.ptr, device=device)):
+        xt = torch.from_dlpack(x)
+        pt = {k: torch.from_dlpack(v) for k, v in params.items()}
+        ws = torch.empty(plan.workspace_shape, dtype=torch.float64, device=device)
+        bufs = _buffers(xt, pt, out_shape[1], ws, torch.from_dlpack(out), None)
+        _torch_backend.launch(plan, plan.args(bufs, strides), dev)
+    return out
+
+
+_DEVICE_INFO: dict = {}
+
+
+def _device_info(source: str, dev: int) -> DeviceInfo:
+    """Device facts, cached per (device, who read them): torch's for torch inputs, CuPy's for CuPy inputs, so a
+    given input gets the same plan on both backends."""
+    key = (source, dev)
+    if key not in _DEVICE_INFO:
+        _DEVICE_INFO[key] = DeviceInfo.from_torch(dev) if source == "torch" else DeviceInfo.from_cupy(dev)
+    return _DEVICE_INFO[key]
