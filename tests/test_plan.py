@@ -1,0 +1,132 @@
+"""The launch plan (CPU, with fake devices): engine choice, sane launch geometry, a small workspace, and
+kernel names that exist in the sources. GPU: torch and CuPy report the same device facts (one plan)."""
+
+import re
+
+import pytest
+
+from cupyfused import _sources, make_plan
+from cupyfused.plan import DeviceInfo
+
+A100 = DeviceInfo("fake A100", (8, 0), 108, 166912)
+H100 = DeviceInfo("fake H100", (9, 0), 132, 232448)
+RTX = DeviceInfo("fake sm_86", (8, 6), 84, 101376)  # 99 KiB of shared memory per block
+DEVICES = [pytest.param(d, id=d.name.split()[-1]) for d in (A100, H100, RTX)]
+
+DEFAULT = dict(x_shape=(128, 8, 256, 256), C_out=32, K=3, G=8)
+MIB = 1 << 20
+
+
+def kernels_in_source():
+    text = _sources.compile_check_text()
+    return set(re.findall(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\(', text))
+
+
+def plan_of(device, x_shape, C_out, K, G, engine="auto"):
+    return make_plan(x_shape, C_out, K, G, device, engine)
+
+
+def assert_sane(plan, device, x_shape, C_out, K, G):
+    N, C_in, H, W = x_shape
+    assert plan.engine in ("mma", "direct")
+    assert len(plan.grid) == 3 and len(plan.block) == 3
+    assert all(isinstance(v, int) and v >= 1 for v in tuple(plan.grid) + tuple(plan.block)), (plan.grid, plan.block)
+    assert plan.grid[0] < 2**31 and plan.grid[1] < 65536 and plan.grid[2] < 65536
+    threads = plan.block[0] * plan.block[1] * plan.block[2]
+    assert 32 <= threads <= 1024 and threads % 32 == 0, plan.block
+    assert plan.grid[0] * plan.grid[1] * plan.grid[2] >= N  # at least one block per sample
+    assert 0 <= plan.smem_bytes <= device.smem_optin, (plan.smem_bytes, device.smem_optin)
+    assert plan.slots >= 1
+    assert plan.workspace_bytes >= 8 * N * G  # room for a statistic of each (sample, group) at the least
+    assert len(plan.kernels) == 2 and set(plan.kernels) <= kernels_in_source(), plan.kernels
+    assert isinstance(plan.defines, dict)
+    text = plan.describe()
+    assert isinstance(text, str) and plan.engine in text
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_default_problem_plan(device):
+    plan = plan_of(device, **DEFAULT)
+    assert plan.engine == "mma", plan.describe()  # tensor cores on every GPU, sm_80 included (SPEC.md)
+    assert plan.workspace_bytes <= MIB, plan.describe()
+    assert_sane(plan, device, **DEFAULT)
+    if device.smem_optin > 48 * 1024:
+        assert plan.smem_bytes > 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "x_shape, C_out, K, G",
+    [
+        ((1, 1, 1, 1), 1, 1, 1),  # the smallest problem
+        ((3, 13, 37, 41), 72, 5, 6),  # odd everything, three 32-channel chunks
+        ((2, 8, 70, 5), 32, 2, 8),  # narrow, even K
+        ((4, 3, 300, 300), 16, 7, 4),  # K=7
+        ((2, 8, 40, 40), 32, 9, 8),  # K=9
+        ((1, 2, 20, 20), 8, 15, 2),  # K=15
+        ((2048, 8, 32, 32), 32, 3, 8),  # a large batch
+    ],
+)  # fmt: skip
+def test_plan_is_sane(device, x_shape, C_out, K, G):
+    assert_sane(plan_of(device, x_shape, C_out, K, G), device, x_shape, C_out, K, G)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_large_kernel_falls_back_to_direct(device):
+    shape = dict(x_shape=(2, 8, 40, 40), C_out=32, K=15, G=8)
+    plan = plan_of(device, **shape)
+    assert plan.engine == "direct", plan.describe()
+    assert_sane(plan, device, **shape)
+    with pytest.raises(ValueError, match="mma"):
+        plan_of(device, **shape, engine="mma")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_forced_engines(device):
+    direct = plan_of(device, **DEFAULT, engine="direct")
+    assert direct.engine == "direct"
+    assert_sane(direct, device, **DEFAULT)
+    assert plan_of(device, **DEFAULT, engine="mma") == plan_of(device, **DEFAULT)
+    with pytest.raises(ValueError, match="engine"):
+        plan_of(device, **DEFAULT, engine="winograd")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_auto_picks_mma_exactly_where_it_fits(device):
+    """For K = 1..15: "auto" is the forced "mma" plan wherever that one can be made (its shared memory within
+    the device's limit), else "direct"; and once K is too large for the mma tile, every larger K is too."""
+    fits = []
+    for K in range(1, 16):
+        auto = plan_of(device, (2, 8, 64, 64), 32, K, 8)
+        try:
+            forced = plan_of(device, (2, 8, 64, 64), 32, K, 8, engine="mma")
+        except ValueError:
+            forced = None
+        fits.append(forced is not None)
+        assert auto.engine == ("mma" if forced else "direct"), (K, auto.describe())
+        if forced:
+            assert forced == auto and forced.smem_bytes <= device.smem_optin
+    assert fits == sorted(fits, reverse=True), f"mma fits for K = {[k + 1 for k, f in enumerate(fits) if f]}"
+    assert fits[2], "K=3 (the default problem) must run on tensor cores"
+
+
+def test_plan_is_a_pure_function():
+    """Both backends call make_plan; the same inputs must give the same plan."""
+    assert plan_of(H100, **DEFAULT) == plan_of(H100, **DEFAULT)
+
+
+def test_every_source_kernel_is_planned():
+    """No kernel in cuda_src/ that no plan launches (it would escape every test), and none missing."""
+    planned = set()
+    for engine in ("mma", "direct"):
+        planned |= set(plan_of(H100, **DEFAULT, engine=engine).kernels)
+    assert planned == kernels_in_source()
+
+
+@pytest.mark.gpu
+def test_device_info_same_from_torch_and_cupy(cuda_device, both_backends):
+    """Each backend reads the device through its own framework; the facts (and so the plans) must agree."""
+    a = DeviceInfo.from_torch(cuda_device.index)
+    b = DeviceInfo.from_cupy(cuda_device.index)
+    assert a == b
+    assert plan_of(a, **DEFAULT) == plan_of(b, **DEFAULT)
