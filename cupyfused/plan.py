@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 # Compile-time constants of cuda_src/cupyfused.cu (documented at its top).
 WARPS = 4  # warps per block = output rows per tile (bench/tile_sweep.py: 4 beat 8 by 4% on an H100)
@@ -45,6 +46,13 @@ _SMEM_OPTIN_BY_CC = {(8, 0): 166912, (9, 0): 232448, (10, 0): 232448}
 _SMEM_OPTIN_OTHER = 101376  # sm_86, sm_89, sm_120: 99 KiB
 
 WORKSPACE_TARGET_BYTES = 1 << 20  # keep the statistics workspace under 1 MiB where the batch allows
+
+
+class PerformanceWarning(UserWarning):
+    """The plan falls back to a slower kernel for this shape."""
+
+
+_WARNED: set = set()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +156,14 @@ def make_plan(x_shape, C_out: int, K: int, G: int, device: DeviceInfo, engine: s
         )
     if engine == "auto":
         engine = "mma" if mma_fits else "direct"
+        if engine == "direct" and (K, device.name) not in _WARNED:
+            _WARNED.add((K, device.name))
+            warnings.warn(
+                f"cupyfused: K={K} does not fit the tensor-core engine's tile on {device.name}; using the slower "
+                "FP32 'direct' engine (pass engine='direct' to silence this)",
+                PerformanceWarning,
+                stacklevel=3,
+            )
     if engine == "direct":
         off_ws = off_xs  # no staged tiles
         words, per_sm = off_xs, 1

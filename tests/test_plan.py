@@ -72,9 +72,13 @@ def test_plan_is_sane(device, x_shape, C_out, K, G):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_large_kernel_falls_back_to_direct(device):
+def test_large_kernel_falls_back_to_direct(device, monkeypatch):
+    from cupyfused import plan as plan_module
+
+    monkeypatch.setattr(plan_module, "_WARNED", set())  # the warning is said once per (K, GPU) and process
     shape = dict(x_shape=(2, 8, 40, 40), C_out=32, K=15, G=8)
-    plan = plan_of(device, **shape)
+    with pytest.warns(plan_module.PerformanceWarning, match="slower FP32 'direct' engine"):
+        plan = plan_of(device, **shape)
     assert plan.engine == "direct", plan.describe()
     assert_sane(plan, device, **shape)
     with pytest.raises(ValueError, match="mma"):
