@@ -1,5 +1,6 @@
 """Times the cupy backend on the default problem for a few tile shapes (CF_WARPS, CF_MT); a development aid
 for choosing plan.WARPS / plan.MT (NVRTC builds each variant in seconds)."""
+
 import torch
 
 import cupyfused
@@ -28,4 +29,5 @@ for warps, mt in ((8, 4), (4, 4), (8, 2), (4, 2)):
         e1.record()
         e1.synchronize()
         ts.append(e0.elapsed_time(e1))
-    print(f"WARPS={warps} MT={mt}: {sorted(ts)[7]:.3f} ms (graph replay, no host overhead), max_abs {err:.2e}", flush=True)
+    ms = sorted(ts)[7]
+    print(f"WARPS={warps} MT={mt}: {ms:.3f} ms (graph replay, no host overhead), max_abs {err:.2e}", flush=True)
