@@ -16,7 +16,6 @@ from . import _sources
 from .plan import ALL_KERNELS
 
 _modules: dict = {}
-BUILD_INFO: dict = {}
 
 
 def _cuda_major():
@@ -67,7 +66,6 @@ def module(device_id: int, defines: dict):
         if seconds > 2.0:
             print(f"cupyfused: NVRTC build for GPU {device_id} took {seconds:.1f} s", file=sys.stderr, flush=True)
         _modules[key] = kernels
-        BUILD_INFO[key] = {"seconds": seconds, "cache_dir": str(cache_dir())}
     return _modules[key]
 
 

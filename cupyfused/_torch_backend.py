@@ -150,18 +150,13 @@ def _build(device_index: int, defines: dict):
     build_s = time.perf_counter() - t0
     if first:
         print(f"cupyfused: torch extension built in {build_s:.1f} s", file=sys.stderr, flush=True)
-    return module, {"name": name, "dir": str(build_dir), "seconds": build_s, "first_build": first}
-
-
-BUILD_INFO: dict = {}
+    return module
 
 
 def module(device_index: int, defines: dict):
     key = (device_index, tuple(sorted(defines.items())))
     if key not in _modules:
-        mod, info = _build(device_index, defines)
-        _modules[key] = mod
-        BUILD_INFO[key] = info
+        _modules[key] = _build(device_index, defines)
     return _modules[key]
 
 

@@ -38,7 +38,6 @@ SIGNATURE = (
     ("off_ch", "i"), ("off_red", "i"), ("off_xs", "i"), ("off_ws", "i"),
     ("eps", "f"),
 )  # fmt: skip
-ARG_TYPES = "".join(t for _, t in SIGNATURE)
 BUFFERS = tuple(name for name, t in SIGNATURE if t == "p")
 
 # Shared memory per block by compute capability, where the framework does not report it.
