@@ -28,10 +28,12 @@ import time
 import traceback
 from pathlib import Path
 
+from .reference import DEFAULT_PROBLEM
+
 IMPLS = ("eager", "torch.compile", "cupyfused-torch", "cupyfused-cupy")
 BACKEND_OF = {"cupyfused-torch": "torch", "cupyfused-cupy": "cupy"}
-DEFAULT_SHAPE = (128, 8, 32, 256, 256, 3, 8)  # N, C_in, C_out, H, W, K, G: KernelBench level 2, problem 21
 SHAPE_FIELDS = ("N", "C_in", "C_out", "H", "W", "K", "G")
+DEFAULT_SHAPE = tuple(DEFAULT_PROBLEM[k] for k in SHAPE_FIELDS)  # KernelBench level 2, problem 21
 REF_SAMPLES = 8  # the float64 reference runs on the first min(N, 8) samples
 TOL = 1e-5  # "FP32-class" (SPEC.md)
 MIN_ITERS = 20

@@ -126,9 +126,11 @@ def _cupyfused_env() -> dict:
         env["nvcc_flags"] = _try(lambda: list(_sources.NVCC_FLAGS))
     except Exception as e:  # noqa: BLE001
         env["source_dir"] = f"n/a (cupyfused._sources: {type(e).__name__}: {e})"
-    env["torch_extensions_dir"] = _try(_torch_ext_dir)
-    env["torch_build_dir"] = _try(_torch_build_dir)
-    env["cupy_cache_dir"] = _try(_cupy_cache_dir)
+    from cupyfused import _cupy_backend, _torch_backend
+
+    env["torch_extensions_dir"] = _try(lambda: str(_torch_backend.extension_root()))
+    env["torch_build_dir"] = _try(lambda: str(_torch_backend.extension_dir()))
+    env["cupy_cache_dir"] = _try(lambda: str(_cupy_backend.cache_dir()))
     try:
         from cupyfused import available_backends
 
@@ -136,30 +138,6 @@ def _cupyfused_env() -> dict:
     except Exception as e:  # noqa: BLE001
         env["available_backends"] = f"n/a ({type(e).__name__}: {e})"
     return env
-
-
-def _torch_ext_dir() -> str:
-    try:
-        from cupyfused import _torch_backend
-
-        return str(_torch_backend.extension_root())
-    except (ImportError, AttributeError):
-        return os.environ.get("TORCH_EXTENSIONS_DIR") or str(Path.home() / ".cache" / "torch_extensions")
-
-
-def _torch_build_dir() -> str:
-    from cupyfused import _torch_backend
-
-    return str(_torch_backend.extension_dir())
-
-
-def _cupy_cache_dir() -> str:
-    try:
-        from cupyfused import _cupy_backend
-
-        return str(_cupy_backend.cache_dir())
-    except (ImportError, AttributeError):
-        return os.environ.get("CUPY_CACHE_DIR") or str(Path.home() / ".cupy" / "kernel_cache")
 
 
 INFO_LABELS = (
