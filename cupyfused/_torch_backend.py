@@ -29,11 +29,26 @@ struct CfKernel { const char* name; const void* fn; };
 const CfKernel kCfKernels[] = { @TABLE@ };
 }  // namespace
 
+const void* cf_kernel(const std::string& name) {
+  for (const auto& k : kCfKernels) if (name == k.name) return k.fn;
+  TORCH_INTERNAL_ASSERT(false, "cupyfused: no kernel named ", name);
+  return nullptr;
+}
+
+// Blocks of `name` one SM holds at once with `threads` threads and `smem` bytes of dynamic shared memory.
+int64_t cf_blocks_per_sm(const std::string& name, int64_t device, int64_t threads, int64_t smem) {
+  const void* fn = cf_kernel(name);
+  const c10::cuda::CUDAGuard guard((c10::DeviceIndex)device);
+  if (smem > 48 * 1024)
+    C10_CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  int blocks = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, fn, (int)threads, (size_t)smem));
+  return blocks;
+}
+
 void cf_launch(const std::string& name, int64_t device, py::tuple grid, py::tuple block, int64_t smem,
-               const std::string& types, py::list args) {
-  const void* fn = nullptr;
-  for (const auto& k : kCfKernels) if (name == k.name) fn = k.fn;
-  TORCH_INTERNAL_ASSERT(fn != nullptr, "cupyfused: no kernel named ", name);
+               bool cooperative, const std::string& types, py::list args) {
+  const void* fn = cf_kernel(name);
   TORCH_INTERNAL_ASSERT(types.size() == (size_t)py::len(args) && py::len(grid) == 3 && py::len(block) == 3,
                         "cupyfused: launch arguments do not match the plan's signature");
   const c10::cuda::CUDAGuard guard((c10::DeviceIndex)device);
@@ -62,14 +77,18 @@ void cf_launch(const std::string& name, int64_t device, py::tuple grid, py::tupl
     C10_CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
   const dim3 g(grid[0].cast<unsigned>(), grid[1].cast<unsigned>(), grid[2].cast<unsigned>());
   const dim3 b(block[0].cast<unsigned>(), block[1].cast<unsigned>(), block[2].cast<unsigned>());
-  C10_CUDA_CHECK(cudaLaunchKernel(fn, g, b, ptrs.data(), (size_t)smem,
-                                  at::cuda::getCurrentCUDAStream((c10::DeviceIndex)device).stream()));
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream((c10::DeviceIndex)device).stream();
+  if (cooperative)
+    C10_CUDA_CHECK(cudaLaunchCooperativeKernel(fn, g, b, ptrs.data(), (size_t)smem, stream));
+  else
+    C10_CUDA_CHECK(cudaLaunchKernel(fn, g, b, ptrs.data(), (size_t)smem, stream));
 }
 """
 
 _DECL = (
     "void cf_launch(const std::string& name, int64_t device, py::tuple grid, py::tuple block, int64_t smem, "
-    "const std::string& types, py::list args);"
+    "bool cooperative, const std::string& types, py::list args);\n"
+    "int64_t cf_blocks_per_sm(const std::string& name, int64_t device, int64_t threads, int64_t smem);"
 )
 
 _modules: dict = {}
@@ -105,17 +124,25 @@ def unavailable_reason():
     return None
 
 
-def _build(device_index: int, defines: dict):
+# Architecture list for the build (TORCH_CUDA_ARCH_LIST syntax), None for the GPU's own. The benchmark sets
+# "8.0+PTX" for its sm_80 row: the A100 build, whose compute_80 PTX the driver compiles for a newer GPU.
+ARCH = None
+
+
+def _build(device_index: int, defines: dict, arch=None):
     import torch
     from torch.utils import cpp_extension
 
     cc = torch.cuda.get_device_capability(device_index)
+    arch_list = arch or f"{cc[0]}.{cc[1]}"
     text = _sources.source_text(defines)
     table = ", ".join(f'{{"{k}", (const void*)&{k}}}' for k in ALL_KERNELS)
     import hashlib
 
     key = hashlib.sha256((text + _GLUE + " ".join(_sources.NVCC_FLAGS)).encode()).hexdigest()[:16]
-    name = f"cupyfused_{key}_sm{cc[0]}{cc[1]}"
+    name = f"cupyfused_{key}_sm{cc[0]}{cc[1]}" + (
+        "" if arch is None else "_arch" + arch.replace(".", "").replace("+", "")
+    )
     build_dir = extension_dir() / name
     build_dir.mkdir(parents=True, exist_ok=True)
     lock = build_dir / "lock"
@@ -127,17 +154,17 @@ def _build(device_index: int, defines: dict):
     first = not any(build_dir.glob(f"{name}*.so")) and not any(build_dir.glob(f"{name}*.pyd"))
     gpu = torch.cuda.get_device_name(device_index)
     if first:
-        print(f"cupyfused: building the torch extension for {gpu} (sm_{cc[0]}{cc[1]}) in {build_dir} "
-              "(first build, about a minute)...", file=sys.stderr, flush=True)  # fmt: skip
+        print(f"cupyfused: building the torch extension for {gpu} (sm_{cc[0]}{cc[1]}, arch {arch_list}) in "
+              f"{build_dir} (first build, about a minute)...", file=sys.stderr, flush=True)  # fmt: skip
     t0 = time.perf_counter()
     old_arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
-    os.environ["TORCH_CUDA_ARCH_LIST"] = f"{cc[0]}.{cc[1]}"  # build for this GPU only
+    os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list  # build for this GPU only, unless told otherwise
     try:
         module = cpp_extension.load_inline(
             name=name,
             cpp_sources=[_DECL],
             cuda_sources=[text + _GLUE.replace("@TABLE@", table)],
-            functions=["cf_launch"],
+            functions=["cf_launch", "cf_blocks_per_sm"],
             extra_cuda_cflags=list(_sources.NVCC_FLAGS),
             build_directory=str(build_dir),
             verbose=False,
@@ -153,17 +180,26 @@ def _build(device_index: int, defines: dict):
     return module
 
 
-def module(device_index: int, defines: dict):
-    key = (device_index, tuple(sorted(defines.items())))
+def module(device_index: int, defines: dict, arch=None):
+    key = (device_index, tuple(sorted(defines.items())), arch)
     if key not in _modules:
-        _modules[key] = _build(device_index, defines)
+        _modules[key] = _build(device_index, defines, arch)
     return _modules[key]
+
+
+_checked: set = set()
 
 
 def launch(plan, args, device_index: int) -> None:
     """Run the plan's kernels in order on torch's current stream of ``device_index``; args are torch tensors."""
-    mod = module(device_index, plan.defines)
+    mod = module(device_index, plan.defines, ARCH)
     types = "".join(t for t, _ in args)
     values = [v for _, v in args]
-    for name in plan.kernels:
-        mod.cf_launch(name, device_index, plan.grid, plan.block, plan.smem_bytes, types, values)
+    for ln in plan.launches:
+        if ln.cooperative:
+            key = (device_index, ln.kernel, ln.block, ln.smem_bytes, ln.grid, ARCH)
+            if key not in _checked:
+                per_sm = mod.cf_blocks_per_sm(ln.kernel, device_index, ln.block[0], ln.smem_bytes)
+                plan.check_residency(ln, per_sm)
+                _checked.add(key)
+        mod.cf_launch(ln.kernel, device_index, ln.grid, ln.block, ln.smem_bytes, ln.cooperative, types, values)

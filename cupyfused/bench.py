@@ -30,10 +30,24 @@ from pathlib import Path
 
 from .reference import DEFAULT_PROBLEM
 
-IMPLS = ("eager", "torch.compile", "cupyfused-torch", "cupyfused-cupy")
-BACKEND_OF = {"cupyfused-torch": "torch", "cupyfused-cupy": "cupy"}
+IMPLS = ("eager", "torch.compile", "cupyfused-torch", "cupyfused-cupy", "cupyfused-sm80")
+BACKEND_OF = {"cupyfused-torch": "torch", "cupyfused-cupy": "cupy", "cupyfused-sm80": "torch"}
+# cupyfused-sm80: the torch backend built for sm_80 (TORCH_CUDA_ARCH_LIST "8.0+PTX"), the A100 build; on a newer
+# GPU the driver compiles its compute_80 PTX, so the same kernels an A100 runs are timed here.
+SM80_ARCH = "8.0+PTX"
 SHAPE_FIELDS = ("N", "C_in", "C_out", "H", "W", "K", "G")
 DEFAULT_SHAPE = tuple(DEFAULT_PROBLEM[k] for k in SHAPE_FIELDS)  # KernelBench level 2, problem 21
+# --sweep: the batch at the default channels and 256 x 256, then a second set in which every value of C_in
+# (3, 16, 64), C_out (16, 64), K (1, 5) and G (1, 4, 16) appears at least twice.
+SWEEP_N = tuple((n,) + DEFAULT_SHAPE[1:] for n in (1, 8, 32, 128))
+SWEEP_SET = (
+    (32, 3, 16, 256, 256, 1, 1),
+    (32, 16, 64, 256, 256, 5, 4),
+    (32, 64, 16, 256, 256, 5, 16),
+    (32, 3, 64, 256, 256, 5, 16),
+    (32, 16, 16, 256, 256, 1, 4),
+    (32, 64, 64, 256, 256, 1, 1),
+)
 REF_SAMPLES = 8  # the float64 reference runs on the first min(N, 8) samples
 TOL = 1e-5  # "FP32-class" (SPEC.md)
 MIN_ITERS = 20
@@ -99,6 +113,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=5, help="untimed runs before timing (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed for make_inputs (default: %(default)s)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="after the --shape list (default: the default problem), the batch sweep N = 1, 8, 32, 128 and a "
+        "second shape set (C_in 3/16/64, C_out 16/64, K 1/5, G 1/4/16); ends with a markdown summary table",
+    )
 
 
 # ----------------------------------------------------------------------------------------------- measuring
@@ -221,10 +241,24 @@ def build_callables(shape, params, impls, compile_mode, device) -> tuple:
                 m = cupyfused.ModelNew(*ctor, backend=BACKEND_OF[name]).to(device)
                 m.load_state_dict(model.state_dict())
                 m.eval()
-                fns[name] = m
+                fns[name] = _with_arch(m, SM80_ARCH) if name == "cupyfused-sm80" else m
         except Exception as e:  # noqa: BLE001 - reported as a row, not a crash
             errors[name] = f"{type(e).__name__}: {e}"
     return fns, errors
+
+
+def _with_arch(module, arch):
+    """``module`` run through the torch backend built for ``arch`` (TORCH_CUDA_ARCH_LIST syntax)."""
+    from cupyfused import _torch_backend
+
+    def call(x):
+        old, _torch_backend.ARCH = _torch_backend.ARCH, arch
+        try:
+            return module(x)
+        finally:
+            _torch_backend.ARCH = old
+
+    return call
 
 
 def describe_plan(x, shape) -> tuple:
@@ -304,7 +338,7 @@ def bench_shape(shape, impls, args, bw_tb_s, log) -> tuple:
                 err = max_abs_err(out, ref)
                 row["max_abs_err"] = err
                 row["correct"] = bool(err <= TOL)  # NaN compares False
-                if name in BACKEND_OF:
+                if name in ("cupyfused-torch", "cupyfused-cupy"):
                     other = "cupyfused-cupy" if name == "cupyfused-torch" else "cupyfused-torch"
                     if other in outputs:
                         info["backends_bitwise_equal"] = bool(torch.equal(outputs.pop(other), out))
@@ -389,6 +423,30 @@ def format_table(result: dict) -> str:
         lines.append(f"cupyfused engine: {sh['engine']} | plan: {sh['plan']}")
         eq = sh["backends_bitwise_equal"]
         lines.append(f"backends bitwise equal: {'n/a' if eq is None else ('yes' if eq else 'NO')}")
+    return "\n".join(lines)
+
+
+def format_markdown(result: dict) -> str:
+    """One row per shape: the plan's engine, each implementation's ms, cupyfused's speedups, % of the floor."""
+    impls = [i for i in IMPLS if any(r["impl"] == i for r in result["rows"])]
+    head = ["N,C_in,C_out,H,W,K,G", "floor ms"] + [f"{i} ms" for i in impls]
+    head += ["cupyfused vs eager", "vs torch.compile", "% of floor", "cupyfused kernels"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for sh in result["shapes"]:
+        rows = {r["impl"]: r for r in result["rows"] if r["shape"] == sh["key"]}
+        ms = {i: rows[i]["ms"] if i in rows else None for i in impls}
+        ours = [ms[i] for i in ("cupyfused-torch", "cupyfused-cupy") if ms.get(i)]
+        best = min(ours) if ours else None
+
+        ratio = {p: f"{ms[p] / best:.2f}x" if best and ms.get(p) else "-" for p in ("eager", "torch.compile")}
+        cells = [sh["key"], f"{sh['floor_ms']:.3f}"] + [f"{ms[i]:.3f}" if ms[i] else "-" for i in impls]
+        cells += [ratio["eager"], ratio["torch.compile"], f"{sh['floor_ms'] / best * 100:.0f}%" if best else "-"]
+        plan = str(sh["plan"])
+        cells.append(
+            plan.split(";")[0]
+            + (f" ({plan.split('; ')[-1]})" if "; two passes" in plan or "does not fit" in plan else "")
+        )
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -486,7 +544,9 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    shapes = args.shape or [DEFAULT_SHAPE]
+    shapes = list(args.shape or [DEFAULT_SHAPE])
+    if args.sweep:
+        shapes += [sh for sh in SWEEP_N + SWEEP_SET if sh not in shapes]
     impls = parse_impls(args.impl)
 
     def log(msg):
@@ -500,6 +560,9 @@ def run(args: argparse.Namespace) -> int:
         log(f"[bench] wrote {path}")
     print()
     print(format_table(result), flush=True)
+    if args.sweep:
+        print()
+        print(format_markdown(result), flush=True)
 
     # Exit status: 1 when eager or a cupyfused backend failed to run, a cupyfused result misses the
     # tolerance, or the backends disagree. A torch.compile failure is a reported row, not a failure.

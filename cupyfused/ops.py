@@ -66,7 +66,7 @@ def _validate(x, params, num_groups, eps, backend, engine, out):
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
     if engine not in ("auto",) + ENGINES:
-        raise ValueError(f"engine must be one of ('auto', 'mma', 'direct'); got {engine!r}")
+        raise ValueError(f"engine must be one of {('auto',) + ENGINES}; got {engine!r}")
     kind = _kind(x)
     if kind is None:
         raise TypeError(f"x must be a torch.Tensor or a cupy.ndarray; got {type(x).__name__}")
@@ -152,8 +152,14 @@ def fused_forward(x, conv_weight, conv_bias, bias, scale, gn_weight, gn_bias, nu
     backend: "torch" (nvcc build through load_inline) or "cupy" (NVRTC through cupy.RawModule); both run the
     same kernels from ``cuda_src/`` and give bitwise identical results. The work runs on the current stream of
     x's framework (torch's for tensors, CuPy's for arrays) on x's device.
-    engine: "auto" (the plan's choice), "mma" (3xTF32 tensor-core conv; ValueError where its tile does not fit
-    in shared memory) or "direct" (FP32 FMA conv, any shape).
+    engine: "auto" (the plan's choice: the first of the three below that can run the shape), "fused" (one pass
+    over DRAM: a persistent kernel with a 3xTF32 tensor-core conv that keeps its tiles on chip while the blocks
+    of a sample exchange the GroupNorm statistics), "mma" (two passes with the same conv: statistics, then conv
+    again + normalize) or "direct" (two passes with an FP32 FMA conv, any shape). Forcing "fused" or "mma" where
+    the shape does not fit them raises ValueError; "auto" falls back with a PerformanceWarning, and
+    ``cupyfused.make_plan(...).describe()`` names the kernels a shape gets. All engines agree with the float64
+    reference to FP32 accuracy (they may differ from each other in the last bits: their statistics are
+    merged in different orders).
 
     Forward only: the result carries no autograd history. Errors are raised before anything is launched.
     """

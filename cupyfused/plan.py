@@ -2,11 +2,20 @@
 compile-time constants. Both launchers (``_torch_backend``, ``_cupy_backend``) only consume it, so the two
 backends run the same kernels with the same arguments and give the same bits.
 
-Limitations of the fast path (engine ``"mma"``): its input tile (8 channels x (8 + K - 1) x (64 + K - 1)) and one
-weight chunk (32 x 8 x K x K), both split into two TF32 halves, must fit in one block's shared memory. That holds
-up to K = 7 on an A100, K = 8 on an H100 and K = 4 on GPUs with 99 KiB per block (sm_86, sm_89); larger kernels
-run the ``"direct"`` engine (FP32 FMA from global memory, any shape), and the plan says so in
-:meth:`Plan.describe`.
+Engines (``engine="auto"`` picks the first that applies):
+
+- ``"fused"``: one pass over DRAM. A persistent, cooperatively launched kernel (``cf_fused_mma``, 3xTF32
+  tensor-core conv) whose blocks keep their tiles on chip while the blocks of a sample exchange the GroupNorm
+  statistics, then normalize and write (cuda_src/cupyfused.cu). Needs the mma tile to fit (below) and a sample
+  whose output, apart from the tiles held in registers, fits in half the L2 cache across the samples in flight.
+- ``"mma"``: two passes with the same 3xTF32 conv (statistics, then conv again + normalize); the fallback for
+  very large images.
+- ``"direct"``: the same two passes with an FP32 FMA conv from global memory, any shape.
+
+The mma tile (8 channels x (4 + K - 1) x (64 + K - 1) input pixels and one 32 x 8 x K x K weight chunk, both split
+into two TF32 halves) must fit in one block's shared memory: up to K = 7 on an A100, K = 8 on an H100 and K = 4
+on GPUs with 99 KiB per block (sm_86, sm_89). A fallback is announced once per shape class with a
+:class:`PerformanceWarning` and always named by :meth:`Plan.describe`.
 """
 
 from __future__ import annotations
@@ -21,10 +30,15 @@ MT = 4  # m16 mma tiles per warp = 64 output columns per tile
 DEFAULT_DEFINES = {"CF_WARPS": WARPS, "CF_MT": MT}
 TILE_H, TILE_W = WARPS, 16 * MT
 THREADS = 32 * WARPS
+MMA_BLOCKS_PER_SM = 3  # cuda_src: CF_MIN_BLOCKS, the register budget of the mma kernels (168 a thread)
 
-ENGINES = ("mma", "direct")
-KERNELS = {e: (f"cf_stats_{e}", f"cf_norm_{e}") for e in ENGINES}
-ALL_KERNELS = tuple(k for pair in KERNELS.values() for k in pair)
+ENGINES = ("fused", "mma", "direct")
+KERNELS = {
+    "fused": ("cf_zero", "cf_fused_mma"),
+    "mma": ("cf_stats_mma", "cf_norm_mma"),
+    "direct": ("cf_stats_direct", "cf_norm_direct"),
+}
+ALL_KERNELS = tuple(k for e in ENGINES for k in KERNELS[e])
 
 # The kernels' shared argument list, in order: (name, type code). p = device pointer, q = int64, i = int32,
 # f = float32. Both launchers pack arguments from this table.
@@ -33,18 +47,27 @@ SIGNATURE = (
     ("w", "p"), ("conv_b", "p"), ("bias", "p"), ("scale", "p"), ("gamma", "p"), ("beta", "p"),
     ("partials", "p"), ("out", "p"),
     ("N", "i"), ("Cin", "i"), ("H", "i"), ("W", "i"), ("Cout", "i"), ("K", "i"), ("G", "i"),
-    ("OH", "i"), ("OW", "i"), ("tiles_w", "i"), ("tiles_h", "i"), ("slots", "i"),
+    ("OH", "i"), ("OW", "i"), ("tiles_w", "i"), ("tiles_h", "i"), ("slots", "i"), ("teams", "i"),
     ("in_rs", "i"), ("in_ps", "i"), ("wres", "i"),
     ("off_ch", "i"), ("off_red", "i"), ("off_xs", "i"), ("off_ws", "i"),
     ("eps", "f"),
 )  # fmt: skip
 BUFFERS = tuple(name for name, t in SIGNATURE if t == "p")
 
-# Shared memory per block by compute capability, where the framework does not report it.
+# Shared memory by compute capability, where the framework does not report it: per block (opt-in), per SM.
 _SMEM_OPTIN_BY_CC = {(8, 0): 166912, (9, 0): 232448, (10, 0): 232448}
 _SMEM_OPTIN_OTHER = 101376  # sm_86, sm_89, sm_120: 99 KiB
+_SMEM_SM_BY_CC = {(8, 0): 167936, (9, 0): 233472, (10, 0): 233472}
+_SMEM_SM_OTHER = 102400
+_SMEM_RESERVED = 1024  # the driver's shared memory per block
+_L2_BY_CC = {(8, 0): 40 << 20, (9, 0): 50 << 20, (10, 0): 126 << 20}
+_L2_OTHER = 4 << 20
 
 WORKSPACE_TARGET_BYTES = 1 << 20  # keep the statistics workspace under 1 MiB where the batch allows
+# fused: the unnormalized tiles parked in `out` while their sample's statistics are exchanged stay in L2 when
+# all samples in flight park at most this share of it.
+PARK_L2_SHARE = 0.5
+MAX_TILES_PER_BLOCK = 8  # fused: tiles one block computes per sample (all but the last are parked)
 
 
 class PerformanceWarning(UserWarning):
@@ -62,6 +85,15 @@ class DeviceInfo:
     cc: tuple
     sm_count: int
     smem_optin: int  # dynamic shared memory one block may opt in to, bytes
+    smem_per_sm: int = 0  # shared memory of one SM, bytes (0: by compute capability)
+    l2_bytes: int = 0  # L2 cache, bytes (0: by compute capability)
+
+    def __post_init__(self):
+        cc = tuple(self.cc)
+        if not self.smem_per_sm:
+            object.__setattr__(self, "smem_per_sm", _SMEM_SM_BY_CC.get(cc, _SMEM_SM_OTHER))
+        if not self.l2_bytes:
+            object.__setattr__(self, "l2_bytes", _L2_BY_CC.get(cc, _L2_OTHER))
 
     @classmethod
     def from_torch(cls, device) -> "DeviceInfo":
@@ -70,7 +102,9 @@ class DeviceInfo:
         p = torch.cuda.get_device_properties(device)
         cc = (p.major, p.minor)
         smem = getattr(p, "shared_memory_per_block_optin", None)  # torch >= 2.3
-        return cls(p.name, cc, p.multi_processor_count, int(smem or _smem_for(cc)))
+        smem_sm = getattr(p, "shared_memory_per_multiprocessor", None)
+        l2 = getattr(p, "L2_cache_size", None)
+        return cls(p.name, cc, p.multi_processor_count, int(smem or _smem_for(cc)), int(smem_sm or 0), int(l2 or 0))
 
     @classmethod
     def from_cupy(cls, device_id: int) -> "DeviceInfo":
@@ -80,7 +114,8 @@ class DeviceInfo:
         name = p["name"].decode() if isinstance(p["name"], bytes) else str(p["name"])
         cc = (int(p["major"]), int(p["minor"]))
         smem = int(p.get("sharedMemPerBlockOptin", 0)) or _smem_for(cc)
-        return cls(name, cc, int(p["multiProcessorCount"]), smem)
+        smem_sm = int(p.get("sharedMemPerMultiprocessor", 0))
+        return cls(name, cc, int(p["multiProcessorCount"]), smem, smem_sm, int(p.get("l2CacheSize", 0)))
 
 
 def _smem_for(cc) -> int:
@@ -92,20 +127,52 @@ def _align4(words: int) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
+class Launch:
+    """One kernel launch of a plan."""
+
+    kernel: str
+    grid: tuple
+    block: tuple
+    smem_bytes: int
+    cooperative: bool  # all blocks must be resident at once (cudaLaunchCooperativeKernel)
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan:
     """One forward's launches. ``scalars`` maps the non-pointer arguments of :data:`SIGNATURE` to values."""
 
     engine: str
-    kernels: tuple  # (stats kernel, norm kernel), launched in this order on one stream
-    grid: tuple
-    block: tuple
-    smem_bytes: int
-    slots: int
-    workspace_shape: tuple  # float64 (N, G, slots, 3)
+    launches: tuple  # of Launch, run in this order on one stream
+    slots: int  # blocks per sample (fused: per team)
+    teams: int  # fused: samples in flight (teams of `slots` blocks); two-pass: 1
+    tiles_per_block: int  # tiles one block computes per sample
+    workspace_shape: tuple  # float64
     out_shape: tuple
     scalars: dict
     defines: dict
     device: DeviceInfo
+    note: str = ""  # why this engine, where it is not the first choice
+
+    @property
+    def kernels(self) -> tuple:
+        return tuple(launch.kernel for launch in self.launches)
+
+    @property
+    def main(self) -> Launch:
+        """The launch that does the work (the last one)."""
+        return self.launches[-1]
+
+    @property
+    def grid(self) -> tuple:
+        return self.main.grid
+
+    @property
+    def block(self) -> tuple:
+        return self.main.block
+
+    @property
+    def smem_bytes(self) -> int:
+        return self.main.smem_bytes
 
     @property
     def workspace_bytes(self) -> int:
@@ -117,81 +184,156 @@ class Plan:
         values.update(zip(("sxn", "sxc", "sxh", "sxw"), x_strides))
         return [(t, values[name]) for name, t in SIGNATURE]
 
+    def check_residency(self, launch: Launch, per_sm: int) -> None:
+        """A cooperative launch needs all its blocks resident at once, and the plan sized the grid for the
+        occupancy the kernel is built for; ``per_sm`` is what the compiled kernel reaches. Raises before the
+        launch where it falls short."""
+        capacity = per_sm * self.device.sm_count
+        if launch.grid[0] > capacity:
+            raise RuntimeError(
+                f"cupyfused: {launch.kernel} needs {launch.grid[0]} resident blocks but {self.device.name} holds "
+                f"{capacity} ({per_sm} per SM with {launch.smem_bytes} bytes of shared memory each); "
+                "engine='mma' runs the two-pass kernels instead. Please report this."
+            )
+
     def describe(self) -> str:
-        conv = "3xTF32 tensor-core conv" if self.engine == "mma" else "FP32 FMA conv (fallback)"
-        return (
-            f"engine={self.engine} ({conv}); kernels {self.kernels[0]} -> {self.kernels[1]}; "
-            f"grid {self.grid[0]} x {self.block[0]} threads, {self.smem_bytes / 1024:.1f} KiB shared, "
-            f"{self.slots} block(s) per sample, workspace {self.workspace_bytes / 1024:.1f} KiB"
+        conv = {
+            "fused": "single pass, 3xTF32 tensor-core conv",
+            "mma": "two passes, 3xTF32 tensor-core conv",
+            "direct": "two passes, FP32 FMA conv (fallback)",
+        }[self.engine]
+        if self.engine == "fused":
+            layout = (f"{self.teams} team(s) x {self.slots} blocks resident, {self.tiles_per_block} tile(s) per "
+                      "block and sample")  # fmt: skip
+        else:
+            layout = f"{self.slots} block(s) per sample"
+        text = (
+            f"engine={self.engine} ({conv}); kernels {' -> '.join(self.kernels)}; grid {self.grid[0]} x "
+            f"{self.block[0]} threads, {self.smem_bytes / 1024:.1f} KiB shared, {layout}, workspace "
+            f"{self.workspace_bytes / 1024:.1f} KiB"
         )
+        return text + (f"; {self.note}" if self.note else "")
+
+
+def _fused_layout(N, tiles, capacity, sample_bytes, l2_bytes, tiles_per_block=None):
+    """(teams, slots, tiles per block) for the fused kernel, or None where no layout keeps the parked tiles in
+    L2. Fewest rounds of samples first (a round = every team doing one sample), then fewest parked tiles."""
+    best = None
+    choices = [tiles_per_block] if tiles_per_block else range(1, MAX_TILES_PER_BLOCK + 1)
+    for k in choices:
+        slots = -(-tiles // k)
+        k = -(-tiles // slots)
+        if slots > capacity:
+            continue
+        teams = min(N, capacity // slots)
+        parked = teams * sample_bytes * (k - 1) / k
+        if k > 1 and parked > PARK_L2_SHARE * l2_bytes:
+            continue
+        key = (-(-N // teams) * k, k)
+        if best is None or key < best[0]:
+            best = (key, (teams, slots, k))
+    return None if best is None else best[1]
+
+
+def _warn_once(key, message):
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, PerformanceWarning, stacklevel=4)
 
 
 def make_plan(x_shape, C_out: int, K: int, G: int, device: DeviceInfo, engine: str = "auto",
-              eps: float = 1e-5) -> Plan:  # fmt: skip
-    """Plan the two launches for input shape ``x_shape`` = (N, C_in, H, W). Shapes are validated by the caller."""
+              eps: float = 1e-5, tiles_per_block=None) -> Plan:  # fmt: skip
+    """Plan the launches for input shape ``x_shape`` = (N, C_in, H, W). Shapes are validated by the caller.
+    ``tiles_per_block`` forces the fused kernel's tiles per block and sample (a tuning aid)."""
     if engine not in ("auto",) + ENGINES:
-        raise ValueError(f"engine must be one of 'auto', 'mma', 'direct'; got {engine!r}")
+        raise ValueError(f"engine must be one of 'auto', {', '.join(repr(e) for e in ENGINES)}; got {engine!r}")
     N, C_in, H, W = (int(v) for v in x_shape)
     OH, OW = H - K + 1, W - K + 1
     tiles_w, tiles_h = -(-OW // TILE_W), -(-OH // TILE_H)
     tiles = tiles_w * tiles_h
 
-    # Shared memory, in 4-byte words. The input plane stride is 8 mod 32 so that an A fragment's four
-    # channels x eight pixels fall in 32 different banks.
+    # Shared memory, in 4-byte words (layout: cuda_src/cupyfused.cu, CfArgs).
     in_rs = TILE_W + K - 1
-    in_ps = (TILE_H + K - 1) * in_rs
-    in_ps += (8 - in_ps) % 32
-    off_ch = 6 * G * WARPS  # float64 (count, mean, M2) per warp and group
+    in_ps = (TILE_H + K - 1) * in_rs  # pixels of the input tile
+    off_ch = 6 * G * WARPS + 4 * G
     off_red = off_ch + 5 * C_out
     off_xs = _align4(off_red + 2 * WARPS * 32)
     off_ws = _align4(off_xs + 16 * in_ps)
     mma_words = off_ws + 512 * K * K
-    # The staging loop copies rows of at most 96 columns (cuda_src: CF_STAGE_ROWS).
-    mma_fits = 4 * mma_words <= device.smem_optin and in_rs <= 96
-    if engine == "mma" and not mma_fits:
+    mma_fits = 4 * mma_words <= device.smem_optin
+    if engine in ("fused", "mma") and not mma_fits:
         raise ValueError(
-            f"engine='mma' needs {4 * mma_words} bytes of shared memory per block for K={K}, more than "
+            f"engine={engine!r} needs {4 * mma_words} bytes of shared memory per block for K={K}, more than "
             f"{device.name} allows ({device.smem_optin}); use engine='direct' or 'auto'"
         )
+
+    fused = None
+    note = ""
+    if mma_fits and engine in ("auto", "fused"):
+        per_sm = max(1, min(MMA_BLOCKS_PER_SM, device.smem_per_sm // (4 * mma_words + _SMEM_RESERVED)))
+        sample_bytes = 4 * C_out * OH * OW
+        fused = _fused_layout(N, tiles, device.sm_count * per_sm, sample_bytes, device.l2_bytes, tiles_per_block)
+        if fused is None:
+            why = (f"a sample's output ({sample_bytes / 2**20:.0f} MiB) is too large to keep on chip and in L2 on "
+                   f"{device.name}")  # fmt: skip
+            if engine == "fused":
+                raise ValueError(f"engine='fused' cannot run this shape: {why}; use engine='mma' or 'auto'")
+            note = f"two passes because {why}"
+            _warn_once(("fused", device.name), f"cupyfused: {why}; using the two-pass kernels (about 2x slower)")
     if engine == "auto":
-        engine = "mma" if mma_fits else "direct"
-        if engine == "direct" and (K, device.name) not in _WARNED:
-            _WARNED.add((K, device.name))
-            warnings.warn(
-                f"cupyfused: K={K} does not fit the tensor-core engine's tile on {device.name}; using the slower "
-                "FP32 'direct' engine (pass engine='direct' to silence this)",
-                PerformanceWarning,
-                stacklevel=3,
+        if fused is not None:
+            engine = "fused"
+        elif mma_fits:
+            engine = "mma"
+        else:
+            engine = "direct"
+            note = f"K={K} does not fit the tensor-core tile on {device.name}"
+            _warn_once(
+                (K, device.name),
+                f"cupyfused: {note}; using the slower FP32 'direct' engine (pass engine='direct' to silence this)",
             )
-    if engine == "direct":
-        off_ws = off_xs  # no staged tiles
-        words, per_sm = off_xs, 1
+
+    block = (THREADS, 1, 1)
+    if engine == "fused":
+        teams, slots, k = fused
+        words = mma_words
+        workspace = (teams + teams * G * 2 + teams * G * slots * 3,)
+        launches = (
+            Launch("cf_zero", (1, 1, 1), block, 0, False),
+            Launch("cf_fused_mma", (teams * slots, 1, 1), block, 4 * words, True),
+        )
     else:
-        words, per_sm = mma_words, max(1, 16 // WARPS)  # cuda_src: CF_MIN_BLOCKS
+        if engine == "direct":
+            off_ws = off_xs  # no staged tiles
+            words, per_sm = off_xs, 1
+        else:
+            words, per_sm = mma_words, MMA_BLOCKS_PER_SM
+        # Blocks per sample: fill one wave of resident blocks, with the sample's tiles split evenly, and keep the
+        # float64 statistics workspace (N x G x slots x 3) under 1 MiB where the batch allows.
+        resident = device.sm_count * per_sm
+        slots = max(1, min(tiles, resident // max(N, 1)))
+        slots = max(1, min(slots, WORKSPACE_TARGET_BYTES // (24 * max(N, 1) * G)))
+        slots = -(-tiles // -(-tiles // slots))  # same tile count per block
+        teams, k = 1, -(-tiles // slots)
+        workspace = (N, G, slots, 3)
+        launches = tuple(Launch(name, (N * slots, 1, 1), block, 4 * words, False) for name in KERNELS[engine])
 
-    # Blocks per sample: fill one wave of resident blocks, with the sample's tiles split evenly, and keep the
-    # float64 statistics workspace (N x G x slots x 3) under 1 MiB where the batch allows.
-    resident = device.sm_count * per_sm
-    slots = max(1, min(tiles, resident // max(N, 1)))
-    slots = max(1, min(slots, WORKSPACE_TARGET_BYTES // (24 * max(N, 1) * G)))
-    slots = -(-tiles // -(-tiles // slots))  # same tile count per block
-
-    wres = int(engine == "mma" and C_out <= 32 and C_in <= 8)
+    wres = int(engine != "direct" and C_out <= 32 and C_in <= 8)
     scalars = dict(
         N=N, Cin=C_in, H=H, W=W, Cout=C_out, K=K, G=G, OH=OH, OW=OW, tiles_w=tiles_w, tiles_h=tiles_h,
-        slots=slots, in_rs=in_rs, in_ps=in_ps, wres=wres, off_ch=off_ch, off_red=off_red, off_xs=off_xs,
-        off_ws=off_ws, eps=float(eps),
+        slots=slots, teams=teams, in_rs=in_rs, in_ps=in_ps, wres=wres, off_ch=off_ch, off_red=off_red,
+        off_xs=off_xs, off_ws=off_ws, eps=float(eps),
     )  # fmt: skip
     return Plan(
         engine=engine,
-        kernels=KERNELS[engine],
-        grid=(N * slots, 1, 1),
-        block=(THREADS, 1, 1),
-        smem_bytes=4 * words,
+        launches=launches,
         slots=slots,
-        workspace_shape=(N, G, slots, 3),
+        teams=teams,
+        tiles_per_block=k,
+        workspace_shape=workspace,
         out_shape=(N, C_out, OH, OW),
         scalars=scalars,
         defines=dict(DEFAULT_DEFINES),
         device=device,
+        note=note,
     )

@@ -1,6 +1,8 @@
 """fused_forward on the GPU: accuracy against the float64 reference on the default problem (batch slice) and
-a table of shapes, on both backends and both engines; empty batch, strided inputs, determinism, bitwise
-equal backends, CuPy arrays, streams and devices.
+a table of shapes, on both backends and every engine ("auto" is the single-pass "fused" kernel wherever it
+applies, "mma" the two-pass tensor-core kernels, "direct" the FP32 fallback); the fused kernel's layouts
+(several teams, parked tiles, a batch that does not divide into the teams); empty batch, strided inputs,
+determinism, bitwise equal backends, CuPy arrays, streams and devices.
 
 Every check draws fresh inputs (the ``seed`` fixture prints its seed) and poisons the output with NaN before
 the launch, so an element the kernels never write fails."""
@@ -64,7 +66,7 @@ TABLE = [
     ("K9", Shape(2, 8, 32, 30, 31, 9, 8), "K=9: too large for the mma tile, the direct fallback"),
 ]
 TABLE_PARAMS = [pytest.param(s, id=i) for i, s, _ in TABLE]
-ENGINES = ["auto", "direct"]
+ENGINES = ["auto", "mma", "direct"]
 
 
 def inputs(shape, device, seed):
@@ -133,6 +135,42 @@ def test_deterministic(backend, engine, cuda_device, seed):
     for run in range(2):
         again = fused(x, p, shape.G, backend=backend, engine=engine)
         assert_bitwise_equal(first, again, f"{backend} engine={engine}: run {run + 2} differs from run 1")
+
+
+# (shape, tiles per block and sample): one tile held in registers, 7 samples over 5-6 teams (a second round in
+# which most teams have no sample); two tiles, the first parked in the output until the statistics are known;
+# C_out = 72: three 32-channel units per tile, all but the last parked.
+FUSED_LAYOUTS = [
+    pytest.param(Shape(7, 8, 32, 130, 130, 3, 8), 1, id="held-only-2-rounds"),
+    pytest.param(Shape(5, 8, 32, 30, 130, 3, 8), 2, id="park-1-of-2"),
+    pytest.param(Shape(3, 5, 72, 23, 70, 3, 6), 3, id="Cout72-park"),
+]
+
+
+@pytest.mark.parametrize("shape, tiles_per_block", FUSED_LAYOUTS)
+def test_fused_layouts(shape, tiles_per_block, both_backends, cuda_device, seed, monkeypatch):
+    """The single-pass kernel with a forced number of tiles per block: accurate, and bitwise equal on both
+    backends."""
+    import functools
+
+    import cupyfused.ops
+    from cupyfused import plan as plan_module
+
+    forced = functools.partial(plan_module.make_plan, tiles_per_block=tiles_per_block)
+    monkeypatch.setattr(cupyfused.ops, "make_plan", forced)
+    x, p = inputs(shape, cuda_device, seed)
+    plan = forced(tuple(x.shape), shape.C_out, shape.K, shape.G, DeviceInfo.from_torch(x.device.index), "fused")
+    assert plan.engine == "fused" and plan.tiles_per_block == tiles_per_block, plan.describe()
+    outs = []
+    for backend in ("torch", "cupy"):
+        out = poisoned(out_shape(*shape), x)
+        fused(x, p, shape.G, backend=backend, engine="fused", out=out)
+        outs.append(out)
+    torch.cuda.synchronize()
+    ref = ref_of(x, p, shape.G)
+    bound = TOLERANCES["shape_table"].bound(spec_forward(x, p, shape.G)[1])
+    assert_close_to_ref(outs[0], ref, bound, context=plan.describe())
+    assert_bitwise_equal(outs[0], outs[1], f"torch vs cupy backend, {plan.describe()}")
 
 
 @pytest.mark.parametrize("with_out", [False, True], ids=["alloc", "out"])

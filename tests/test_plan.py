@@ -6,7 +6,8 @@ import re
 import pytest
 
 from cupyfused import _sources, make_plan
-from cupyfused.plan import DeviceInfo
+from cupyfused import plan as plan_module
+from cupyfused.plan import ENGINES, DeviceInfo
 
 A100 = DeviceInfo("fake A100", (8, 0), 108, 166912)
 H100 = DeviceInfo("fake H100", (9, 0), 132, 232448)
@@ -28,16 +29,28 @@ def plan_of(device, x_shape, C_out, K, G, engine="auto"):
 
 def assert_sane(plan, device, x_shape, C_out, K, G):
     N, C_in, H, W = x_shape
-    assert plan.engine in ("mma", "direct")
+    assert plan.engine in ENGINES
     assert len(plan.grid) == 3 and len(plan.block) == 3
     assert all(isinstance(v, int) and v >= 1 for v in tuple(plan.grid) + tuple(plan.block)), (plan.grid, plan.block)
     assert plan.grid[0] < 2**31 and plan.grid[1] < 65536 and plan.grid[2] < 65536
     threads = plan.block[0] * plan.block[1] * plan.block[2]
     assert 32 <= threads <= 1024 and threads % 32 == 0, plan.block
-    assert plan.grid[0] * plan.grid[1] * plan.grid[2] >= N  # at least one block per sample
+    tiles = -(-(H - K + 1) // plan_module.TILE_H) * -(-(W - K + 1) // plan_module.TILE_W)
+    assert 1 <= plan.slots <= tiles
+    assert plan.tiles_per_block == -(-tiles // plan.slots)
+    if plan.engine == "fused":
+        # persistent: teams of `slots` blocks, all resident at once, at most one team per sample
+        assert plan.grid[0] == plan.teams * plan.slots and 1 <= plan.teams <= max(N, 1)
+        assert plan.grid[0] <= device.sm_count * plan_module.MMA_BLOCKS_PER_SM
+        per_sm = device.smem_per_sm // (plan.smem_bytes + plan_module._SMEM_RESERVED)
+        assert plan.grid[0] <= device.sm_count * per_sm, "the teams do not fit in shared memory at once"
+        assert plan.workspace_bytes >= 8 * plan.teams * (1 + 2 * G + 3 * G * plan.slots)
+        assert plan.launches[-1].cooperative and not plan.launches[0].cooperative
+    else:
+        assert plan.grid[0] == N * plan.slots  # one sample per group of blocks
+        assert plan.workspace_bytes >= 24 * N * G * plan.slots
+        assert not any(ln.cooperative for ln in plan.launches)
     assert 0 <= plan.smem_bytes <= device.smem_optin, (plan.smem_bytes, device.smem_optin)
-    assert plan.slots >= 1
-    assert plan.workspace_bytes >= 8 * N * G  # room for a statistic of each (sample, group) at the least
     assert len(plan.kernels) == 2 and set(plan.kernels) <= kernels_in_source(), plan.kernels
     assert isinstance(plan.defines, dict)
     text = plan.describe()
@@ -47,7 +60,9 @@ def assert_sane(plan, device, x_shape, C_out, K, G):
 @pytest.mark.parametrize("device", DEVICES)
 def test_default_problem_plan(device):
     plan = plan_of(device, **DEFAULT)
-    assert plan.engine == "mma", plan.describe()  # tensor cores on every GPU, sm_80 included (SPEC.md)
+    # One pass over DRAM on tensor cores on the A100 and H100 (SPEC.md). A 99 KiB / 6 MiB-L2 GPU cannot keep
+    # a sample's 8 MiB on chip and in L2: two passes, still on tensor cores.
+    assert plan.engine == ("mma" if device is RTX else "fused"), plan.describe()
     assert plan.workspace_bytes <= MIB, plan.describe()
     assert_sane(plan, device, **DEFAULT)
     if device.smem_optin > 48 * 1024:
@@ -81,8 +96,9 @@ def test_large_kernel_falls_back_to_direct(device, monkeypatch):
         plan = plan_of(device, **shape)
     assert plan.engine == "direct", plan.describe()
     assert_sane(plan, device, **shape)
-    with pytest.raises(ValueError, match="mma"):
-        plan_of(device, **shape, engine="mma")
+    for engine in ("mma", "fused"):
+        with pytest.raises(ValueError, match=engine):
+            plan_of(device, **shape, engine=engine)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -90,15 +106,23 @@ def test_forced_engines(device):
     direct = plan_of(device, **DEFAULT, engine="direct")
     assert direct.engine == "direct"
     assert_sane(direct, device, **DEFAULT)
-    assert plan_of(device, **DEFAULT, engine="mma") == plan_of(device, **DEFAULT)
+    if device is RTX:
+        with pytest.raises(ValueError, match="fused"):
+            plan_of(device, **DEFAULT, engine="fused")
+    else:
+        assert plan_of(device, **DEFAULT, engine="fused") == plan_of(device, **DEFAULT)
+    mma = plan_of(device, **DEFAULT, engine="mma")
+    assert mma.engine == "mma" and mma.kernels == ("cf_stats_mma", "cf_norm_mma")
+    assert_sane(mma, device, **DEFAULT)
     with pytest.raises(ValueError, match="engine"):
         plan_of(device, **DEFAULT, engine="winograd")
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_auto_picks_mma_exactly_where_it_fits(device):
-    """For K = 1..15: "auto" is the forced "mma" plan wherever that one can be made (its shared memory within
-    the device's limit), else "direct"; and once K is too large for the mma tile, every larger K is too."""
+    """For K = 1..15: "auto" is the single-pass "fused" plan wherever the tensor-core tile can be made (its
+    shared memory within the device's limit), else "direct"; and once K is too large for the tile, every
+    larger K is too."""
     fits = []
     for K in range(1, 16):
         auto = plan_of(device, (2, 8, 64, 64), 32, K, 8)
@@ -107,11 +131,46 @@ def test_auto_picks_mma_exactly_where_it_fits(device):
         except ValueError:
             forced = None
         fits.append(forced is not None)
-        assert auto.engine == ("mma" if forced else "direct"), (K, auto.describe())
+        assert auto.engine == ("fused" if forced else "direct"), (K, auto.describe())
         if forced:
-            assert forced == auto and forced.smem_bytes <= device.smem_optin
+            assert forced.smem_bytes == auto.smem_bytes <= device.smem_optin
     assert fits == sorted(fits, reverse=True), f"mma fits for K = {[k + 1 for k, f in enumerate(fits) if f]}"
     assert fits[2], "K=3 (the default problem) must run on tensor cores"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_layout_choice(device):
+    if device is RTX:
+        pytest.skip("no single-pass plan for the default problem on a 99 KiB / 4 MiB-L2 GPU (see above)")
+    """The default problem: one pass with every block resident, the parked tiles of all samples in flight
+    within the L2 share, and no more rounds than necessary for the resident blocks."""
+    plan = plan_of(device, **DEFAULT)
+    N = DEFAULT["x_shape"][0]
+    k, teams = plan.tiles_per_block, plan.teams
+    parked = teams * 4 * 32 * 254 * 254 * (k - 1) / k
+    assert parked <= plan_module.PARK_L2_SHARE * device.l2_bytes
+    capacity = plan.grid[0] // plan.teams * plan.teams
+    rounds = -(-N // teams) * k
+    for k2 in range(1, plan_module.MAX_TILES_PER_BLOCK + 1):  # no allowed layout needs fewer tile-rounds
+        try:
+            other = make_plan(DEFAULT["x_shape"], 32, 3, 8, device, tiles_per_block=k2)
+        except ValueError:
+            continue
+        assert -(-N // other.teams) * other.tiles_per_block >= rounds, (plan.describe(), other.describe())
+    assert capacity <= device.sm_count * plan_module.MMA_BLOCKS_PER_SM
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_huge_image_falls_back_to_two_passes(device, monkeypatch):
+    """A sample too large to keep on chip and in L2 runs the two-pass kernels, and says so."""
+    monkeypatch.setattr(plan_module, "_WARNED", set())
+    shape = dict(x_shape=(2, 8, 2048, 2048), C_out=32, K=3, G=8)
+    with pytest.warns(plan_module.PerformanceWarning, match="two-pass"):
+        plan = plan_of(device, **shape)
+    assert plan.engine == "mma" and "two passes because" in plan.describe(), plan.describe()
+    assert_sane(plan, device, **shape)
+    with pytest.raises(ValueError, match="fused"):
+        plan_of(device, **shape, engine="fused")
 
 
 def test_plan_is_a_pure_function():
@@ -122,7 +181,7 @@ def test_plan_is_a_pure_function():
 def test_every_source_kernel_is_planned():
     """No kernel in cuda_src/ that no plan launches (it would escape every test), and none missing."""
     planned = set()
-    for engine in ("mma", "direct"):
+    for engine in ENGINES:
         planned |= set(plan_of(H100, **DEFAULT, engine=engine).kernels)
     assert planned == kernels_in_source()
 

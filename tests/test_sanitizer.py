@@ -1,4 +1,5 @@
-"""compute-sanitizer memcheck and racecheck on small shapes, both backends, both engines, in a child process
+"""compute-sanitizer memcheck and racecheck on small shapes, both backends, every engine (the persistent
+single-pass kernel included: on these shapes it runs several teams and parks tiles), in a child process
 with the caching allocators off (INTEROP.md: a pool hides out-of-bounds accesses). The child launches no
 torch kernel of its own (inputs are copied in from the host), so every report is about cupyfused; the
 parent checks that the sanitized run's outputs are right, so a run that computed nothing cannot pass."""
@@ -18,7 +19,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 # (N, C_in, C_out, H, W, K, G): partial tiles both ways, C_in not a multiple of 4, groups of 10 straddling
 # the 32-channel chunk; and an even K with a narrow image.
 SHAPES = [(2, 5, 40, 19, 70, 3, 4), (1, 8, 32, 11, 9, 4, 8)]
-ENGINES = ("mma", "direct")
+ENGINES = ("fused", "mma", "direct")
 
 CHILD = r"""
 import sys

@@ -10,7 +10,7 @@ import subprocess
 import zipfile
 
 import pytest
-from utils import PYTHON, REPO_ROOT, report
+from utils import PYTHON, REPO_ROOT, report, skip_or_fail
 
 import cupyfused
 from cupyfused import _sources
@@ -125,30 +125,48 @@ def parse_ptxas(log: str) -> dict:
     return funcs
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_nvcc_compiles_every_kernel_without_spills(arch, tmp_path):
+# The one spill ptxas makes: sm_80's cf_fused_mma keeps 9 words (36 B) of per-sample state in local memory at
+# its 168-register budget. test_fused_spills_stay_out_of_the_mma_loop shows they stay out of the conv loop.
+SPILL_ALLOWANCE = {("cf_fused_mma", "sm_80"): 48}
+
+
+def compile_cubin(arch, tmp_path, extra=()):
+    """(cubin path, ptxas log) of the compile-check text built with the project's nvcc flags."""
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         pytest.skip("nvcc is not on PATH: the compile check needs the CUDA toolkit")
-    text = _sources.compile_check_text()
-    kernels = set(KERNEL_RE.findall(text))
     cu = tmp_path / "cupyfused_check.cu"
-    cu.write_text(text)
-    cmd = [
-        nvcc,
-        "-cubin",
-        f"-arch={arch}",
-        *_sources.NVCC_FLAGS,
-        "-Xptxas",
-        "-v",
-        "-o",
-        str(tmp_path / "k.cubin"),
-        str(cu),
-    ]
+    cu.write_text(_sources.compile_check_text())
+    cubin = tmp_path / f"k_{arch}.cubin"
+    cmd = [nvcc, "-cubin", f"-arch={arch}", *_sources.NVCC_FLAGS, *extra, "-o", str(cubin), str(cu)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    log = r.stdout + r.stderr
-    assert r.returncode == 0, f"{' '.join(cmd)}\n{log[-6000:]}"
+    assert r.returncode == 0, f"{' '.join(cmd)}\n{(r.stdout + r.stderr)[-6000:]}"
+    return cubin, r.stdout + r.stderr
+
+
+@pytest.mark.gpu  # runs where the GPU and the full toolkit are (cuobjdump); the device itself is not used
+def test_fused_spills_stay_out_of_the_mma_loop(cuda_device, tmp_path):
+    """Disassemble the sm_80 build of cf_fused_mma: no local-memory load or store between its first and last
+    tensor-core instruction (the conv loop), so the allowed spill costs nothing per mma."""
+    cuobjdump = shutil.which("cuobjdump")
+    if cuobjdump is None:
+        skip_or_fail("cuobjdump is not on PATH (it ships with the CUDA toolkit)")
+    cubin, _ = compile_cubin("sm_80", tmp_path)
+    r = subprocess.run([cuobjdump, "-sass", "-fun", "cf_fused_mma", str(cubin)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    sass = [ln for ln in r.stdout.splitlines() if re.search(r"/\*[0-9a-f]{4}\*/", ln)]
+    mma = [i for i, ln in enumerate(sass) if "HMMA" in ln]
+    assert mma, "no HMMA in cf_fused_mma"
+    local = [ln.strip() for ln in sass[mma[0] : mma[-1]] if re.search(r"\b(LDL|STL)\b", ln)]
+    report("sass sm_80", f"cf_fused_mma: {len(mma)} HMMA, {len(local)} LDL/STL among them")
+    assert not local, "local-memory traffic inside the mma loop:\n" + "\n".join(local[:20])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_nvcc_compiles_every_kernel_without_spills(arch, tmp_path):
+    kernels = set(KERNEL_RE.findall(_sources.compile_check_text()))
+    _, log = compile_cubin(arch, tmp_path, ("-Xptxas", "-v"))
     funcs = parse_ptxas(log)
     entries = {name for name, f in funcs.items() if f.get("entry")}
     assert entries == kernels, f"ptxas compiled {sorted(entries)}, the sources define {sorted(kernels)}\n{log}"
@@ -158,8 +176,14 @@ def test_nvcc_compiles_every_kernel_without_spills(arch, tmp_path):
             report(f"ptxas {arch}", f"{name}: {f['registers']} registers, {f['smem']} B static smem, "
                    f"{f['stack']} B stack, spills {f['spill_stores']}/{f['spill_loads']} B")  # fmt: skip
     spilling = {
-        n: (f["spill_stores"], f["spill_loads"]) for n, f in funcs.items() if f["spill_stores"] or f["spill_loads"]
+        n: (f["spill_stores"], f["spill_loads"])
+        for n, f in funcs.items()
+        if (f["spill_stores"] or f["spill_loads"]) and (n, arch) not in SPILL_ALLOWANCE
     }
     assert not spilling, f"{arch}: register spills (stores, loads) in {spilling}\n{log}"
-    warnings = [ln for ln in log.splitlines() if cu.name in ln and "warning" in ln.lower()]
+    for (name, a), limit in SPILL_ALLOWANCE.items():
+        if a == arch and name in funcs:
+            got = max(funcs[name]["spill_stores"], funcs[name]["spill_loads"])
+            assert got <= limit, f"{arch}: {name} spills {got} B, more than the {limit} B allowed\n{log}"
+    warnings = [ln for ln in log.splitlines() if "cupyfused_check.cu" in ln and "warning" in ln.lower()]
     assert not warnings, "compiler warnings in the kernel sources:\n" + "\n".join(warnings)
