@@ -13,7 +13,7 @@ Engines (``engine="auto"`` picks the first that applies):
 - ``"direct"``: the same two passes with an FP32 FMA conv from global memory, any shape.
 
 The mma tile (8 channels x (4 + K - 1) x (64 + K - 1) input pixels and one 32 x 8 x K x K weight chunk, both split
-into two TF32 halves) must fit in one block's shared memory: up to K = 7 on an A100, K = 8 on an H100 and K = 4
+into two TF32 halves) must fit in one block's shared memory: up to K = 7 on an A100, K = 9 on an H100 and K = 5
 on GPUs with 99 KiB per block (sm_86, sm_89). A fallback is announced once per shape class with a
 :class:`PerformanceWarning` and always named by :meth:`Plan.describe`.
 """
@@ -260,7 +260,8 @@ def make_plan(x_shape, C_out: int, K: int, G: int, device: DeviceInfo, engine: s
     off_xs = _align4(off_red + 2 * WARPS * 32)
     off_ws = _align4(off_xs + 16 * in_ps)
     mma_words = off_ws + 512 * K * K
-    mma_fits = 4 * mma_words <= device.smem_optin
+    # cuda_src: cf_stage_input copies rows of at most 96 columns (three per lane)
+    mma_fits = 4 * mma_words <= device.smem_optin and in_rs <= 96
     if engine in ("fused", "mma") and not mma_fits:
         raise ValueError(
             f"engine={engine!r} needs {4 * mma_words} bytes of shared memory per block for K={K}, more than "

@@ -63,7 +63,7 @@ TABLE = [
     ("tall-narrow", Shape(2, 8, 32, 70, 5, 3, 8), "H=70, W=5: several tile rows, a 3-pixel-wide output"),
     ("N3", Shape(3, 8, 32, 20, 22, 3, 8), "an odd batch N=3"),
     ("wide", Shape(1, 4, 16, 9, 200, 3, 4), "W=200: several tiles along a row, the last partial"),
-    ("K9", Shape(2, 8, 32, 30, 31, 9, 8), "K=9: too large for the mma tile, the direct fallback"),
+    ("K11", Shape(2, 8, 32, 30, 31, 11, 8), "K=11: too large for the mma tile on every GPU, the direct fallback"),
 ]
 TABLE_PARAMS = [pytest.param(s, id=i) for i, s, _ in TABLE]
 ENGINES = ["auto", "mma", "direct"]
