@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import weakref
 
 from . import _cupy_backend, _torch_backend
 from .plan import BUFFERS, ENGINES, DeviceInfo, make_plan
@@ -169,9 +170,9 @@ def fused_forward(x, conv_weight, conv_bias, bias, scale, gn_weight, gn_bias, nu
     N, C_in, H, W = x_shape
     out_shape = (N, C_out, H - K + 1, W - K + 1)
     # Parameters of the other framework join x's through DLPack (zero-copy), detached from autograd.
-    params = {k: _to_kind(v, kind) for k, v in params.items()}
+    given, params = params, {k: _to_kind(v, kind) for k, v in params.items()}
     if kind == "torch":
-        return _run_torch_input(x.detach(), params, num_groups, eps, backend, engine, out, dev, out_shape, K)
+        return _run_torch_input(x.detach(), params, given, num_groups, eps, backend, engine, out, dev, out_shape, K)
     return _run_cupy_input(x, params, num_groups, eps, backend, engine, out, dev, out_shape, K)
 
 
@@ -202,7 +203,8 @@ def _buffers(x, params, C_out, ws, out, lib):
                 gamma=flat(params["gn_weight"]), beta=flat(params["gn_bias"]), partials=ws, out=out)  # fmt: skip
 
 
-def _run_torch_input(x, params, G, eps, backend, engine, out, dev, out_shape, K):
+def _run_torch_input(x, params, given, G, eps, backend, engine, out, dev, out_shape, K):
+    """torch x on either backend. ``params``: the parameters as detached torch tensors; ``given``: as passed in."""
     import torch
 
     device = torch.device("cuda", dev)
@@ -210,26 +212,49 @@ def _run_torch_input(x, params, G, eps, backend, engine, out, dev, out_shape, K)
         out = torch.empty(out_shape, dtype=torch.float32, device=device)
     if out.numel() == 0:
         return out
-    plan = make_plan(x.shape, out_shape[1], K, G, _device_info("torch", dev), engine, eps)
+    plan = _plan(x.shape, out_shape[1], K, G, _device_info("torch", dev), engine, eps)
     with torch.cuda.device(dev):
-        ws = torch.empty(plan.workspace_shape, dtype=torch.float64, device=device)
-        bufs = _buffers(x, params, out_shape[1], ws, out, None)
         if backend == "torch":
+            ws = torch.empty(plan.workspace_shape, dtype=torch.float64, device=device)
+            bufs = _buffers(x, params, out_shape[1], ws, out, None)
             _torch_backend.launch(plan, plan.args(bufs, x.stride()), dev)
-        else:
-            stream = _cupy_backend.external_stream(torch.cuda.current_stream(device), dev)
-            _launch_cupy_on(plan, bufs, x.stride(), dev, stream)
+            return out
+        import cupy
+
+        # torch tensors reach CuPy through DLPack (zero-copy) inside torch's current stream, so no extra sync.
+        stream = _cupy_backend.external_stream(torch.cuda.current_stream(device), dev)
+        with cupy.cuda.Device(dev), stream:
+            xc, outc = cupy.from_dlpack(x), cupy.from_dlpack(out)
+            pc = {k: given[k] if _kind(given[k]) == "cupy" else _param_view(given[k], params[k]) for k in params}
+            ws = cupy.empty(plan.workspace_shape, dtype=cupy.float64)
+            bufs = _buffers(xc, pc, out_shape[1], ws, outc, cupy)
+        _cupy_backend.launch(plan, plan.args(bufs, x.stride()), dev, stream)
     return out
 
 
-def _launch_cupy_on(plan, bufs, x_strides, dev, stream):
-    """Share torch buffers with CuPy through DLPack (inside ``stream``, so no extra sync) and launch."""
+# CuPy views (DLPack) of torch parameter tensors, reused while the tensor object lives and still points at the
+# same memory: converting costs more host time than a small launch. A view holds the tensor's storage, not the
+# Python object, so an entry goes when the tensor does.
+_PARAM_VIEWS = weakref.WeakKeyDictionary()
+
+
+def _param_view(given, detached):
+    """The CuPy view of ``detached``, cached under the tensor object the caller passed (``given``)."""
     import cupy
 
-    with cupy.cuda.Device(dev), stream:
-        arrays = {k: (cupy.from_dlpack(v) if _kind(v) == "torch" else v) for k, v in bufs.items()}
-    assert set(arrays) == set(BUFFERS)
-    _cupy_backend.launch(plan, plan.args(arrays, x_strides), dev, stream)
+    key = (detached.data_ptr(), tuple(detached.shape), tuple(detached.stride()), detached.device.index)
+    hit = _PARAM_VIEWS.get(given)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    view = cupy.from_dlpack(detached)
+    _PARAM_VIEWS[given] = (key, view)
+    return view
+
+
+def _launch_cupy_on(plan, bufs, x_strides, dev, stream):
+    """Launch on the cupy backend with buffers that are CuPy arrays already."""
+    assert set(bufs) == set(BUFFERS)
+    _cupy_backend.launch(plan, plan.args(bufs, x_strides), dev, stream)
 
 
 def _run_cupy_input(x, params, G, eps, backend, engine, out, dev, out_shape, K):
@@ -244,7 +269,7 @@ def _run_cupy_input(x, params, G, eps, backend, engine, out, dev, out_shape, K):
         if any(s % itemsize for s in x.strides):
             x = cupy.ascontiguousarray(x)  # a byte stride of no whole element: no kernel can index it
         strides = tuple(s // itemsize for s in x.strides)
-        plan = make_plan(x.shape, out_shape[1], K, G, _device_info("cupy", dev), engine, eps)
+        plan = _plan(x.shape, out_shape[1], K, G, _device_info("cupy", dev), engine, eps)
         stream = cupy.cuda.get_current_stream()
         if backend == "cupy":
             ws = cupy.empty(plan.workspace_shape, dtype=cupy.float64)
@@ -261,6 +286,21 @@ def _run_cupy_input(x, params, G, eps, backend, engine, out, dev, out_shape, K):
         bufs = _buffers(xt, pt, out_shape[1], ws, torch.from_dlpack(out), None)
         _torch_backend.launch(plan, plan.args(bufs, strides), dev)
     return out
+
+
+_PLANS: dict = {}
+
+
+def _plan(x_shape, C_out, K, G, info, engine, eps):
+    """make_plan, memoized per process (a plan is a pure function of its arguments; planning costs more host
+    time than a small launch)."""
+    key = (make_plan, tuple(int(v) for v in x_shape), C_out, K, G, info, engine, float(eps))
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= 1024:
+            _PLANS.clear()
+        plan = _PLANS[key] = make_plan(x_shape, C_out, K, G, info, engine, eps)
+    return plan
 
 
 _DEVICE_INFO: dict = {}

@@ -8,6 +8,7 @@ import torch
 from utils import TOLERANCES, assert_close_to_ref, report, spec_forward
 
 from cupyfused import Model, ModelNew
+from cupyfused.reference import reference_forward
 
 ARGS = (8, 32, 3, 8, (32, 1, 1), (32, 1, 1))  # in, out, K, G, bias_shape, scale_shape (the default problem)
 
@@ -80,3 +81,37 @@ def test_modelnew_matches_model(backend, cuda_device, no_grad, seed):
     )
     assert_close_to_ref(out, ref32, atol=tol32, context=f"ModelNew vs Model in float32 (error scale {err_scale:.1f})")
     report("accuracy", f"ModelNew[{backend}] no_grad={no_grad}: max abs {c.max_abs:.2e} (bound {tol64:.1e})")
+
+
+@pytest.mark.gpu
+def test_parameter_updates_are_seen(backend, cuda_device, seed):
+    """Parameters changed between calls, in place or by swapping .data, change the result (the cupy backend
+    reuses its DLPack views of parameter tensors while they point at the same memory)."""
+    torch.manual_seed(seed)
+    N, C_in, C_out, H, W, K, G = 2, 8, 32, 20, 23, 3, 8
+    model = Model(C_in, C_out, K, G, (C_out, 1, 1), (C_out, 1, 1)).to(cuda_device)
+    new = ModelNew(C_in, C_out, K, G, (C_out, 1, 1), (C_out, 1, 1), backend=backend).to(cuda_device)
+    new.load_state_dict(model.state_dict())
+    x = torch.rand(N, C_in, H, W, device=cuda_device)
+    for step in ("first call", "in place", ".data swapped"):
+        if step == "in place":
+            with torch.no_grad():
+                for m in (model, new):
+                    m.conv.weight.mul_(0.5)
+                    m.scale.add_(1.0)
+        elif step == ".data swapped":
+            w = torch.randn_like(model.conv.weight)
+            model.conv.weight.data, new.conv.weight.data = w, w.clone()
+        with torch.no_grad():
+            got = new(x)
+        ref = reference_forward(x, **_params_of(model), num_groups=G)
+        bound = TOLERANCES["shape_table"].bound(spec_forward(x, _params_of(model), G)[1])
+        assert_close_to_ref(got, ref, bound, context=f"{backend}: after {step}")
+
+
+def _params_of(model):
+    return dict(
+        conv_weight=model.conv.weight.detach(), conv_bias=model.conv.bias.detach(), bias=model.bias.detach(),
+        scale=model.scale.detach(), gn_weight=model.group_norm.weight.detach(),
+        gn_bias=model.group_norm.bias.detach(),
+    )  # fmt: skip
