@@ -233,9 +233,15 @@ def _run_torch_input(x, params, given, G, eps, backend, engine, out, dev, out_sh
 
 
 # CuPy views (DLPack) of torch parameter tensors, reused while the tensor object lives and still points at the
-# same memory: converting costs more host time than a small launch. A view holds the tensor's storage, not the
-# Python object, so an entry goes when the tensor does.
-_PARAM_VIEWS = weakref.WeakKeyDictionary()
+# same memory: converting costs more host time than a small launch. Keyed by id() with a weak reference to the
+# tensor (a WeakKeyDictionary would compare tensors with ==); a view holds the tensor's storage, not the Python
+# object, so an entry goes when the tensor does.
+_PARAM_VIEWS: dict = {}
+
+
+def _forget(k, ref):
+    if _PARAM_VIEWS.get(k, (None,))[0] is ref:
+        del _PARAM_VIEWS[k]
 
 
 def _param_view(given, detached):
@@ -243,11 +249,12 @@ def _param_view(given, detached):
     import cupy
 
     key = (detached.data_ptr(), tuple(detached.shape), tuple(detached.stride()), detached.device.index)
-    hit = _PARAM_VIEWS.get(given)
-    if hit is not None and hit[0] == key:
-        return hit[1]
+    hit = _PARAM_VIEWS.get(id(given))
+    if hit is not None and hit[0]() is given and hit[1] == key:
+        return hit[2]
     view = cupy.from_dlpack(detached)
-    _PARAM_VIEWS[given] = (key, view)
+    k = id(given)
+    _PARAM_VIEWS[k] = (weakref.ref(given, lambda r, k=k: _forget(k, r)), key, view)
     return view
 
 
