@@ -14,17 +14,19 @@
 //   Single pass, cf_fused_mma (the fast path): a persistent, cooperatively launched grid of `teams` teams of
 //   `slots` blocks. Team j handles samples j, j + teams, ...; for each, block `rank` computes conv -> sigmoid
 //   for tiles rank, rank + slots, ..., keeps per-warp statistics, and holds its last unit in registers (earlier
-//   units, if any, are parked unnormalized in `out` itself, normally still in L2 when they are read back). It
-//   publishes its (count, mean, M2) per group and counts itself in with an integer atomic; the last block of
-//   the team to arrive merges the team's records in rank order, publishes (mean, rstd) per group and raises
-//   the team's ready flag; every block then normalizes and writes its units. Input read once, output written
-//   once, nothing of the output's size allocated. cf_zero clears the team flags first (one tiny launch).
+//   units, if any, are parked unnormalized in `out` itself with an L2 evict-last hint, and read back from L2).
+//   It publishes one additive float64 record per group (cf_block_record) and counts itself in with an integer
+//   atomic; the last block of the team to arrive sums the team's records in rank order, publishes (mean, rstd)
+//   per group and raises the team's ready flag; every block then normalizes and writes its units. Input read
+//   about once, output written once, nothing of the output's size allocated. cf_zero clears the team flags
+//   first (one tiny launch).
 //   Blocks wait for each other, so all of them must be resident at once: the launch is cooperative, and the
 //   plan sizes the grid from the occupancy the kernel is built for (the launchers verify it).
 //
 //   Two passes (fallback: direct engine, or when asked): block b = sample n * slots + slot,
 //     cf_stats_*  conv -> sigmoid for the tiles slot, slot + slots, ... of sample n; per-warp statistics merged
-//                 in warp order into partials[n][g][slot][3] (float64). Nothing of the output's size is written.
+//                 in warp order into the record partials[n][g][slot][3] (float64, additive as above). Nothing
+//                 of the output's size is written.
 //     cf_norm_*   merges the partials of sample n, recomputes the same conv -> sigmoid tiles, normalizes and
 //                 writes the output once.
 //
@@ -50,9 +52,9 @@
 #endif
 
 #define CF_THREADS (CF_WARPS * 32)
-#ifndef CF_MIN_BLOCKS
-#define CF_MIN_BLOCKS 3
-#endif  // mma kernels: 3 blocks (12 warps) per SM, so up to 168 registers a thread
+#ifndef CF_MIN_BLOCKS  // mma kernels: 3 blocks (12 warps) per SM, so up to 168 registers a thread (plan.py:
+#define CF_MIN_BLOCKS 3  // MMA_BLOCKS_PER_SM; 3 beat 4 blocks at 128 registers by 4-15%, bench/NOTES.md step m)
+#endif
 #define CF_TW (16 * CF_MT)
 
 typedef unsigned int cf_u32;
@@ -61,7 +63,7 @@ typedef unsigned int cf_u32;
 // Shared-memory layout (offsets in 4-byte words, computed by the plan):
 //   [0, 6*G*CF_WARPS)  stats: each warp's running (count, mean, M2) per group, float64 [CF_WARPS][G][3]
 //   [.., off_ch)       (mean, rstd) per group of the sample being normalized, float64 [G][2]
-//   [off_ch, +5*Cout)  per channel: conv.bias + bias, scale; group mean, gamma * rstd, beta
+//   [off_ch, +5*Cout)  per channel: (conv.bias + bias) * sl, sl = -scale * log2(e); group mean, gamma * rstd, beta
 //   [off_red, +2*CF_WARPS*32) stats: per-warp scratch, channel totals then group means of a chunk
 //   [off_xs, +16*in_ps) mma: input tile, in_ps pixels x 8 channels, big then small (cf_stage_input)
 //   [off_ws, +512*K*K)  mma: weights of one (32 out x 8 in) chunk, fragment order, big then small
