@@ -104,6 +104,15 @@ __device__ __forceinline__ cf_u32 cf_tf32(float v) {
   return r;
 }
 
+__device__ __forceinline__ void cf_zero_acc(float (&acc)[CF_MT][4][4]) {
+#pragma unroll
+  for (int mt = 0; mt < CF_MT; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[mt][nt][r] = 0.0f;
+}
+
 __device__ __forceinline__ void cf_ldmatrix_x4(cf_u32 (&r)[4], cf_u32 addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -213,14 +222,7 @@ __device__ __forceinline__ void cf_conv_mma(const CfArgs& a, float (&acc)[CF_MT]
       if (!a.wres) cf_stage_weights(a, ws, co * 32, ci * 8);
       __syncthreads();
     }
-    if (ci == 0) {  // zeroed only now: the staging above has the registers to itself
-#pragma unroll
-      for (int mt = 0; mt < CF_MT; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-          for (int r = 0; r < 4; ++r) acc[mt][nt][r] = 0.0f;
-    }
+    if (ci == 0) cf_zero_acc(acc);  // zeroed only now: the staging above has the registers to itself
     // ldmatrix.x4 row addresses: lanes 0-7 give pixels 0-7 of an m16 tile (channels 0-3: a0), 8-15 pixels
     // 8-15 (a1), 16-23 pixels 0-7 (channels 4-7: a2), 24-31 pixels 8-15 (a3): the A fragment of mma.m16n8k8.
     const int lp = (lane & 7) + (lane & 8), lhalf = lane >> 4;
@@ -361,12 +363,7 @@ __device__ __forceinline__ void cf_compute(const CfArgs& a, const CfSmem& s, flo
   if (ENGINE == CF_ENGINE_MMA) {
     cf_conv_mma(a, acc, s.xs, s.ws, n, co, u.r0, u.c0);
   } else {
-#pragma unroll
-    for (int mt = 0; mt < CF_MT; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) acc[mt][nt][r] = 0.0f;
+    cf_zero_acc(acc);
     cf_conv_direct(a, acc, n, co, u.r0, u.c0);
   }
 #pragma unroll
@@ -506,15 +503,13 @@ __device__ __forceinline__ void cf_unit_store(const CfArgs& a, const CfSmem& s, 
     }
 }
 
-// Normalizes a parked unit in place: each thread reads back the elements it wrote, one n8 column at a time
-// (16 loads in flight, then 16 stores).
-__device__ __forceinline__ void cf_unit_unpark(const CfArgs& a, const CfSmem& s, int n, int co, const CfTile& u) {
-  if (!u.row_ok) return;
+// Reads a parked unit back into acc: each thread the elements it wrote, all loads before any use.
+__device__ __forceinline__ void cf_unit_unpark(const CfArgs& a, float (&acc)[CF_MT][4][4], int n, int co,
+                                               const CfTile& u) {
   const int lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
-  float* on = a.out + (long long)n * a.Cout * a.OH * a.OW;
-#pragma unroll 1
-  for (int nt = 0; nt < 4; ++nt) {
-    float v[2][CF_MT][2];
+  const float* on = a.out + (long long)n * a.Cout * a.OH * a.OW;
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       const int o = co * 32 + nt * 8 + 2 * tig + j;
@@ -524,24 +519,9 @@ __device__ __forceinline__ void cf_unit_unpark(const CfArgs& a, const CfSmem& s,
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int col = u.c0 + mt * 16 + gid + 8 * h;
-          v[j][mt][h] = (o < a.Cout && col < a.OW) ? __ldcg(orow + col) : 0.0f;
+          acc[mt][nt][2 * h + j] = (u.row_ok && o < a.Cout && col < a.OW) ? __ldcg(orow + col) : 0.0f;
         }
     }
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int o = co * 32 + nt * 8 + 2 * tig + j;
-      if (o >= a.Cout) continue;
-      const float m = s.ch_mean[o], sa = s.ch_a[o], sb = s.ch_b[o];
-      float* orow = on + ((long long)o * a.OH + u.row) * a.OW;
-#pragma unroll
-      for (int mt = 0; mt < CF_MT; ++mt)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int col = u.c0 + mt * 16 + gid + 8 * h;
-          if (col < a.OW) orow[col] = fmaf(__fsub_rn(v[j][mt][h], m), sa, sb);
-        }
-    }
-  }
 }
 
 // The records blocks exchange are additive: (count, S1, S2) = (n, sum of (y - c), sum of (y - c)^2) about the
@@ -705,7 +685,8 @@ __device__ __forceinline__ void cf_body(const CfArgs& a) {
     for (int i = 0; i < parked; ++i) {
       const int co = i % n_co;
       const CfTile u = cf_tile(a, rank + i / n_co * a.slots);
-      cf_unit_unpark(a, s, n, co, u);
+      cf_unit_unpark(a, acc, n, co, u);
+      cf_unit_store<CF_NORMALIZE>(a, s, acc, n, co, u);
     }
   }
 }
