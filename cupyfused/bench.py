@@ -49,7 +49,8 @@ SWEEP_SET = (
     (32, 64, 64, 256, 256, 1, 1),
 )
 REF_SAMPLES = 8  # the float64 reference runs on the first min(N, 8) samples
-TOL = 1e-5  # "FP32-class" (SPEC.md)
+TOL = 1e-5  # "FP32-class" on the default problem (SPEC.md)
+FP32_FACTOR = 4  # elsewhere: within this factor of a strict-FP32 PyTorch forward's own error, if that is larger
 MIN_ITERS = 20
 MiB = 1 << 20
 ROW_FIELDS = ("ms", "p20", "p80", "speedup_vs_eager", "peak_extra_mib", "max_abs_err", "pct_floor", "correct",
@@ -247,6 +248,27 @@ def build_callables(shape, params, impls, compile_mode, device) -> tuple:
     return fns, errors
 
 
+def strict_fp32_error(x, params, shape, ref) -> float:
+    """max |out - ref| of the reference Model in float32 with TF32 off (cuDNN and matmul): what a genuine FP32
+    implementation errs by on these inputs. Where GroupNorm divides by a small group spread (e.g. one channel
+    per group) every FP32 implementation errs above 1e-5, so the bench's tolerance for a shape is
+    max(1e-5, FP32_FACTOR x this); on the default problem it is 1e-5 (SPEC.md)."""
+    import torch
+
+    import cupyfused
+
+    _, c_in, c_out, _, _, k, g = shape
+    model = cupyfused.Model(c_in, c_out, k, g, (c_out, 1, 1), (c_out, 1, 1)).to(x.device)
+    model.load_state_dict(_state_dict(params))
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            return max_abs_err(model(x), ref)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
 def _with_arch(module, arch):
     """``module`` run through the torch backend built for ``arch`` (TORCH_CUDA_ARCH_LIST syntax)."""
     from cupyfused import _torch_backend
@@ -289,6 +311,9 @@ def bench_shape(shape, impls, args, bw_tb_s, log) -> tuple:
     floor_ms = (in_bytes + out_bytes) / (bw_tb_s * 1e12) * 1e3
     s = min(n, REF_SAMPLES)
     ref = reference_forward(x[:s], **params, num_groups=g)
+    fp32_err = strict_fp32_error(x[:s], params, shape, ref)
+    relaxed = shape != DEFAULT_SHAPE and math.isfinite(fp32_err)
+    tol = max(TOL, FP32_FACTOR * fp32_err) if relaxed else TOL
     engine, plan_text = describe_plan(x, shape)
     backends = cupyfused.available_backends()
     info = {
@@ -298,6 +323,8 @@ def bench_shape(shape, impls, args, bw_tb_s, log) -> tuple:
         "output_mib": out_bytes / MiB,
         "floor_ms": floor_ms,
         "ref_samples": s,
+        "strict_fp32_err": fp32_err,
+        "tolerance": tol,
         "engine": engine,
         "plan": plan_text,
         "first_call_s": {},
@@ -337,7 +364,7 @@ def bench_shape(shape, impls, args, bw_tb_s, log) -> tuple:
                 info["first_call_s"][name] = row["first_call_s"]
                 err = max_abs_err(out, ref)
                 row["max_abs_err"] = err
-                row["correct"] = bool(err <= TOL)  # NaN compares False
+                row["correct"] = bool(err <= tol)  # NaN compares False
                 if name in ("cupyfused-torch", "cupyfused-cupy"):
                     other = "cupyfused-cupy" if name == "cupyfused-torch" else "cupyfused-torch"
                     if other in outputs:
@@ -347,7 +374,7 @@ def bench_shape(shape, impls, args, bw_tb_s, log) -> tuple:
                 del out
                 log(
                     f"[bench]   {name}: first call {row['first_call_s']:.2f} s, max abs err {err:.3g}"
-                    f"{'' if row['correct'] else f' (FAILS tol {TOL:g})'}; timing {args.iters} runs ..."
+                    f"{'' if row['correct'] else f' (FAILS tol {tol:.2g})'}; timing {args.iters} runs ..."
                 )
                 call = functools.partial(fn, x)
                 row.update(time_cuda(call, iters=args.iters, warmup=args.warmup))
@@ -420,7 +447,10 @@ def format_table(result: dict) -> str:
                 "first call (build/compile + run): "
                 + ", ".join(f"{k} {v:.2f} s" for k, v in sh["first_call_s"].items())
             )
-        lines.append(f"cupyfused engine: {sh['engine']} | plan: {sh['plan']}")
+        lines.append(
+            f"tolerance {sh['tolerance']:.2g} (strict-FP32 PyTorch errs {sh['strict_fp32_err']:.2g} on these inputs); "
+            f"cupyfused engine: {sh['engine']} | plan: {sh['plan']}"
+        )
         eq = sh["backends_bitwise_equal"]
         lines.append(f"backends bitwise equal: {'n/a' if eq is None else ('yes' if eq else 'NO')}")
     return "\n".join(lines)
@@ -513,7 +543,7 @@ def run_benchmark(shapes, impls, args, log=print) -> dict:
             "iters": args.iters,
             "warmup": args.warmup,
             "seed": args.seed,
-            "tolerance": TOL,
+            "tolerance": f"{TOL:g} on the default problem; elsewhere max({TOL:g}, {FP32_FACTOR} x strict-FP32 error)",
             "nvrtc_flags": env.get("nvrtc_flags"),
             "nvcc_flags": env.get("nvcc_flags"),
             "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
