@@ -6,7 +6,7 @@ from .ops import BackendUnavailableError, available_backends, fused_forward
 from .plan import make_plan
 from .reference import Model
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["Model", "ModelNew", "fused_forward", "available_backends", "BackendUnavailableError", "make_plan",
            "__version__"]  # fmt: skip
