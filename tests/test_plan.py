@@ -9,6 +9,9 @@ from cupyfused import _sources, make_plan
 from cupyfused import plan as plan_module
 from cupyfused.plan import ENGINES, DeviceInfo
 
+# The fallbacks these plans take are asserted where they are the point (pytest.warns still records them).
+pytestmark = pytest.mark.filterwarnings("ignore::cupyfused.plan.PerformanceWarning")
+
 A100 = DeviceInfo("fake A100", (8, 0), 108, 166912)
 H100 = DeviceInfo("fake H100", (9, 0), 132, 232448)
 RTX = DeviceInfo("fake sm_86", (8, 6), 84, 101376)  # 99 KiB of shared memory per block
