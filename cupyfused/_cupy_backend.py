@@ -88,15 +88,17 @@ def external_stream(torch_stream, device_id: int):
         return cupy.cuda.ExternalStream(torch_stream.cuda_stream, device_id)
 
 
-_checked: set = set()
-
-
 def launch(plan, args, device_id: int, stream) -> None:
     """Run the plan's kernels in order on ``stream``; pointer arguments are CuPy arrays on ``device_id``."""
     import cupy
 
     kernels = module(device_id, plan.defines)
     packed = tuple(v if t == "p" else _PACK[t](v) for t, v in args)
+
+    def occupancy(ln):
+        fn = kernels[ln.kernel].kernel
+        return cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.ptr, ln.block[0], ln.smem_bytes)
+
     with cupy.cuda.Device(device_id), stream:
         for ln in plan.launches:
             fn = kernels[ln.kernel]
@@ -105,13 +107,7 @@ def launch(plan, args, device_id: int, stream) -> None:
             if not ln.cooperative:
                 fn(ln.grid, ln.block, packed, shared_mem=ln.smem_bytes)
                 continue
-            key = (device_id, ln.kernel, ln.block, ln.smem_bytes, ln.grid)
-            if key not in _checked:
-                per_sm = cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(
-                    fn.kernel.ptr, ln.block[0], ln.smem_bytes
-                )
-                plan.check_residency(ln, per_sm)
-                _checked.add(key)
+            plan.check_residency(ln, occupancy, build=("cupy", device_id))
             # Through the Function itself: RawModule(enable_cooperative_groups=True) would compile with
             # --device-c, and this build would no longer match the torch backend's.
             fn.kernel(ln.grid, ln.block, packed, shared_mem=ln.smem_bytes, enable_cooperative_groups=True)

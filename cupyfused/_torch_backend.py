@@ -187,19 +187,16 @@ def module(device_index: int, defines: dict, arch=None):
     return _modules[key]
 
 
-_checked: set = set()
-
-
 def launch(plan, args, device_index: int) -> None:
     """Run the plan's kernels in order on torch's current stream of ``device_index``; args are torch tensors."""
     mod = module(device_index, plan.defines, ARCH)
     types = "".join(t for t, _ in args)
     values = [v for _, v in args]
+
+    def occupancy(ln):
+        return mod.cf_blocks_per_sm(ln.kernel, device_index, ln.block[0], ln.smem_bytes)
+
     for ln in plan.launches:
         if ln.cooperative:
-            key = (device_index, ln.kernel, ln.block, ln.smem_bytes, ln.grid, ARCH)
-            if key not in _checked:
-                per_sm = mod.cf_blocks_per_sm(ln.kernel, device_index, ln.block[0], ln.smem_bytes)
-                plan.check_residency(ln, per_sm)
-                _checked.add(key)
+            plan.check_residency(ln, occupancy, build=("torch", device_index, ARCH))
         mod.cf_launch(ln.kernel, device_index, ln.grid, ln.block, ln.smem_bytes, ln.cooperative, types, values)

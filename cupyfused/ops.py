@@ -6,7 +6,7 @@ import numbers
 import weakref
 
 from . import _cupy_backend, _torch_backend
-from .plan import BUFFERS, ENGINES, DeviceInfo, make_plan
+from .plan import ENGINES, DeviceInfo, make_plan
 
 BACKENDS = ("torch", "cupy")
 _BACKEND_MODULES = {"torch": _torch_backend, "cupy": _cupy_backend}
@@ -258,12 +258,6 @@ def _param_view(given, detached):
     return view
 
 
-def _launch_cupy_on(plan, bufs, x_strides, dev, stream):
-    """Launch on the cupy backend with buffers that are CuPy arrays already."""
-    assert set(bufs) == set(BUFFERS)
-    _cupy_backend.launch(plan, plan.args(bufs, x_strides), dev, stream)
-
-
 def _run_cupy_input(x, params, G, eps, backend, engine, out, dev, out_shape, K):
     import cupy
 
@@ -280,7 +274,8 @@ def _run_cupy_input(x, params, G, eps, backend, engine, out, dev, out_shape, K):
         stream = cupy.cuda.get_current_stream()
         if backend == "cupy":
             ws = cupy.empty(plan.workspace_shape, dtype=cupy.float64)
-            _launch_cupy_on(plan, _buffers(x, params, out_shape[1], ws, out, cupy), strides, dev, stream)
+            bufs = _buffers(x, params, out_shape[1], ws, out, cupy)
+            _cupy_backend.launch(plan, plan.args(bufs, strides), dev, stream)
             return out
     # The torch backend on CuPy arrays runs on CuPy's current stream, through torch's view of it.
     import torch

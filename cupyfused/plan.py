@@ -75,6 +75,7 @@ class PerformanceWarning(UserWarning):
 
 
 _WARNED: set = set()
+_RESIDENT: set = set()  # (build, Launch) pairs whose occupancy has been checked
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,14 +181,20 @@ class Plan:
 
     def args(self, buffers: dict, x_strides) -> list:
         """The argument list as (type code, value) pairs; ``buffers`` maps pointer names to arrays/tensors."""
+        assert set(buffers) == set(BUFFERS), sorted(set(buffers) ^ set(BUFFERS))
         values = dict(self.scalars, **buffers)
         values.update(zip(("sxn", "sxc", "sxh", "sxw"), x_strides))
         return [(t, values[name]) for name, t in SIGNATURE]
 
-    def check_residency(self, launch: Launch, per_sm: int) -> None:
+    def check_residency(self, launch: Launch, blocks_per_sm, build=()) -> None:
         """A cooperative launch needs all its blocks resident at once, and the plan sized the grid for the
-        occupancy the kernel is built for; ``per_sm`` is what the compiled kernel reaches. Raises before the
+        occupancy the kernel is built for. ``blocks_per_sm(launch)`` asks the compiled kernel (of the build named
+        by ``build``) what it reaches; it is asked once per process for each build and launch. Raises before the
         launch where it falls short."""
+        key = (build, launch)
+        if key in _RESIDENT:
+            return
+        per_sm = blocks_per_sm(launch)
         capacity = per_sm * self.device.sm_count
         if launch.grid[0] > capacity:
             raise RuntimeError(
@@ -195,6 +202,7 @@ class Plan:
                 f"{capacity} ({per_sm} per SM with {launch.smem_bytes} bytes of shared memory each); "
                 "engine='mma' runs the two-pass kernels instead. Please report this."
             )
+        _RESIDENT.add(key)
 
     def describe(self) -> str:
         conv = {

@@ -194,3 +194,29 @@ def test_device_info_same_from_torch_and_cupy(cuda_device, both_backends):
     b = DeviceInfo.from_cupy(cuda_device.index)
     assert a == b
     assert plan_of(a, **DEFAULT) == plan_of(b, **DEFAULT)
+
+
+def test_residency_check(monkeypatch):
+    """A cooperative launch is refused before it starts when the compiled kernel holds fewer blocks than the
+    grid needs; the occupancy query runs once per build and launch."""
+    monkeypatch.setattr(plan_module, "_RESIDENT", set())
+    plan = plan_of(H100, **DEFAULT)
+    launch = plan.launches[-1]
+    assert launch.cooperative
+    asked = []
+
+    def per_sm(reached):
+        def query(ln):
+            asked.append(ln)
+            return reached
+
+        return query
+
+    needed = -(-launch.grid[0] // H100.sm_count)
+    with pytest.raises(RuntimeError, match="resident blocks"):
+        plan.check_residency(launch, per_sm(needed - 1), build=("test", 0))
+    plan.check_residency(launch, per_sm(needed), build=("test", 0))
+    plan.check_residency(launch, per_sm(0), build=("test", 0))  # checked already: not asked again
+    assert asked == [launch, launch]
+    with pytest.raises(RuntimeError, match="resident blocks"):
+        plan.check_residency(launch, per_sm(0), build=("test", 1))  # another build is asked
