@@ -226,7 +226,11 @@ def _run_torch_input(x, params, given, G, eps, backend, engine, out, dev, out_sh
         with cupy.cuda.Device(dev), stream:
             xc, outc = cupy.from_dlpack(x), cupy.from_dlpack(out)
             pc = {k: given[k] if _kind(given[k]) == "cupy" else _param_view(given[k], params[k]) for k in params}
-            ws = cupy.empty(plan.workspace_shape, dtype=cupy.float64)
+            if torch.cuda.is_current_stream_capturing():
+                # CuPy's pool cannot allocate while torch captures the stream; torch's allocator can.
+                ws = cupy.from_dlpack(torch.empty(plan.workspace_shape, dtype=torch.float64, device=device))
+            else:
+                ws = cupy.empty(plan.workspace_shape, dtype=cupy.float64)  # less host time than the above
             bufs = _buffers(xc, pc, out_shape[1], ws, outc, cupy)
         _cupy_backend.launch(plan, plan.args(bufs, x.stride()), dev, stream)
     return out

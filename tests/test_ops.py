@@ -303,6 +303,29 @@ def test_torch_current_stream(backend, cuda_device, seed):
     assert_bitwise_equal(seen, out, f"{backend}: output changed after the side stream read it")
 
 
+@pytest.mark.parametrize("engine", ["auto", "mma"])
+def test_cuda_graph_capture(backend, engine, cuda_device, seed):
+    """A forward captured by torch.cuda.graph and replayed on new input data gives the bits of a direct call:
+    the workspace and every launch of the plan are captured on torch's stream (the fused kernel's flags are
+    cleared by a captured cf_zero, so replays do not see the previous run's)."""
+    shape = Shape(4, 8, 32, 64, 64, 3, 8)
+    x, p = inputs(shape, cuda_device, seed)
+    x_new, _ = inputs(shape, cuda_device, seed + 1)
+    out = poisoned(out_shape(*shape), x)
+    fused(x, p, shape.G, backend=backend, engine=engine, out=out)  # builds and plans outside the capture
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fused(x, p, shape.G, backend=backend, engine=engine, out=out)
+    for src in (x_new, x):
+        x.copy_(src)
+        out.fill_(float("nan"))
+        g.replay()
+        torch.cuda.synchronize()
+        want = fused(src.clone(), p, shape.G, backend=backend, engine=engine)
+        assert_bitwise_equal(out, want, f"{backend} engine={engine}: graph replay vs a direct call")
+
+
 def test_cupy_current_stream(backend, cuda_device, seed):
     """CuPy arrays: the kernels run on CuPy's current stream (the same check with a CuPy non-blocking stream)."""
     cp = _cupy()
