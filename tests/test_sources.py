@@ -145,20 +145,21 @@ def compile_cubin(arch, tmp_path, extra=()):
 
 
 @pytest.mark.gpu  # runs where the GPU and the full toolkit are (cuobjdump); the device itself is not used
-def test_fused_spills_stay_out_of_the_mma_loop(cuda_device, tmp_path):
-    """Disassemble the sm_80 build of cf_fused_mma: no local-memory load or store between its first and last
-    tensor-core instruction (the conv loop), so the allowed spill costs nothing per mma."""
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_fused_spills_stay_out_of_the_mma_loop(arch, cuda_device, tmp_path):
+    """Disassemble cf_fused_mma: no local-memory load or store between its first and last tensor-core
+    instruction (the conv loop), so the allowed spill costs nothing per mma."""
     cuobjdump = shutil.which("cuobjdump")
     if cuobjdump is None:
         skip_or_fail("cuobjdump is not on PATH (it ships with the CUDA toolkit)")
-    cubin, _ = compile_cubin("sm_80", tmp_path)
+    cubin, _ = compile_cubin(arch, tmp_path)
     r = subprocess.run([cuobjdump, "-sass", "-fun", "cf_fused_mma", str(cubin)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     sass = [ln for ln in r.stdout.splitlines() if re.search(r"/\*[0-9a-f]{4}\*/", ln)]
     mma = [i for i, ln in enumerate(sass) if "HMMA" in ln]
     assert mma, "no HMMA in cf_fused_mma"
     local = [ln.strip() for ln in sass[mma[0] : mma[-1]] if re.search(r"\b(LDL|STL)\b", ln)]
-    report("sass sm_80", f"cf_fused_mma: {len(mma)} HMMA, {len(local)} LDL/STL among them")
+    report(f"sass {arch}", f"cf_fused_mma: {len(mma)} HMMA, {len(local)} LDL/STL among them")
     assert not local, "local-memory traffic inside the mma loop:\n" + "\n".join(local[:20])
 
 
