@@ -16,10 +16,9 @@
 //   for tiles rank, rank + slots, ..., keeps per-warp statistics, and holds its last unit in registers (earlier
 //   units, if any, are parked unnormalized in `out` itself with an L2 evict-last hint, and read back from L2).
 //   It publishes one additive float64 record per group (cf_block_record) and counts itself in with an integer
-//   atomic; the last block of the team to arrive sums the team's records in rank order, publishes (mean, rstd)
-//   per group and raises the team's ready flag; every block then normalizes and writes its units. Input read
-//   about once, output written once, nothing of the output's size allocated. cf_zero clears the team flags
-//   first (one tiny launch).
+//   atomic; once the whole team has, every block sums the team's records in rank order (the same bits in every
+//   block), then normalizes and writes its units. Input read about once, output written once, nothing of the
+//   output's size allocated. cf_zero clears the teams' arrival counts first (one tiny launch).
 //   Blocks wait for each other, so all of them must be resident at once: the launch is cooperative, and the
 //   plan sizes the grid from the occupancy the kernel is built for (the launchers verify it).
 //
@@ -583,7 +582,6 @@ __device__ __forceinline__ void cf_channel_norm(const CfArgs& a, const CfSmem& s
 template <int ENGINE, int MODE>
 __device__ __forceinline__ void cf_body(const CfArgs& a) {
   extern __shared__ __align__(16) unsigned char cf_smem[];
-  __shared__ int s_last;  // fused: this block arrived last for the current sample
   const CfSmem s = cf_smem_views(a, cf_smem);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int n_co = (a.Cout + 31) >> 5, tiles = a.tiles_w * a.tiles_h;
@@ -624,8 +622,8 @@ __device__ __forceinline__ void cf_body(const CfArgs& a) {
     return;
   }
 
-  // Single pass. Workspace (float64 words): [0, teams) two uint32 flags per team (arrivals, ready sequence),
-  // then (mean, rstd) per team and group, then the records (count, mean, M2) per team, group and rank.
+  // Single pass. Workspace (float64 words): [0, teams) one uint32 arrival count per team (and one unused), then
+  // two buffers (by round parity) of the records (count, S1, S2) per team, group and rank.
   const int team = blockIdx.x / a.slots, rank = blockIdx.x - team * a.slots;
   if (team >= a.teams || rank >= tiles) return;  // not in a plan's grid
   __syncthreads();
@@ -640,41 +638,31 @@ __device__ __forceinline__ void cf_body(const CfArgs& a) {
         if (t + a.slots < tiles || co != n_co - 1) cf_unit_store<CF_PARK>(a, s, acc, n, co, u);
       }
     }
-    unsigned* flags = reinterpret_cast<unsigned*>(a.partials) + 2 * team;
-    double* team_stats = a.partials + a.teams + 2LL * a.G * team;
-    double* recs = a.partials + a.teams + 2LL * a.G * a.teams + (long long)team * a.G * a.slots * 3;
     const int t_last = rank + (tiles - 1 - rank) / a.slots * a.slots;  // this block's last tile of the sample
+    const unsigned round = (unsigned)((n - team) / a.teams);              // this team's round for sample n
+    double* recs = a.partials + a.teams + (long long)((round & 1) * a.teams + team) * a.G * a.slots * 3;
 
-    // Publish this block's record, count in; the last block to arrive merges the team's records.
+    // Publish this block's record and count in; once the whole team has, every block sums the team's records in
+    // rank order itself (the same bits in every block), with no second hop through a block that merges first.
+    // Records alternate between two buffers by round: a block that is one round ahead writes the other buffer,
+    // and it cannot get two rounds ahead before every block has counted in again, after its reads.
+    // The barrier orders the block's record writes before thread 0's fence (fences are cumulative): the pattern
+    // of cooperative groups' grid sync. (A fence.acq_rel.gpu measured the same as __threadfence here.)
     cf_block_record(a, s, recs + 3 * rank, 3 * a.slots);
-    __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0) s_last = atomicAdd(flags, 1u) == (unsigned)(a.slots - 1);
+    if (threadIdx.x == 0) {
+      unsigned* arrivals = reinterpret_cast<unsigned*>(a.partials) + 2 * team;
+      const unsigned target = (round + 1) * (unsigned)a.slots;
+      __threadfence();
+      if (atomicAdd(arrivals, 1u) + 1u < target)
+        while (*reinterpret_cast<volatile unsigned*>(arrivals) < target) __nanosleep(32);
+      __threadfence();
+    }
     __syncthreads();
-    if (s_last) {
-      __threadfence();
-      for (int g = warp; g < a.G; g += CF_WARPS) {
-        double mean, rstd;
-        cf_group_stats(recs + 3LL * g * a.slots, a.slots, a.eps, mean, rstd);
-        if (lane == 0) {
-          s.gstat[2 * g] = mean, s.gstat[2 * g + 1] = rstd;
-          team_stats[2 * g] = mean, team_stats[2 * g + 1] = rstd;
-        }
-      }
-      __threadfence();
-      __syncthreads();
-      if (threadIdx.x == 0) {
-        atomicExch(flags, 0u);  // nobody arrives for the next sample before the flag below is raised
-        __threadfence();
-        atomicExch(flags + 1, (unsigned)(n + 1));
-      }
-    } else {
-      if (threadIdx.x == 0) {
-        while (*reinterpret_cast<volatile unsigned*>(flags + 1) < (unsigned)(n + 1)) __nanosleep(32);
-        __threadfence();
-      }
-      __syncthreads();
-      for (int i = threadIdx.x; i < 2 * a.G; i += CF_THREADS) s.gstat[i] = __ldcg(team_stats + i);
+    for (int g = warp; g < a.G; g += CF_WARPS) {
+      double mean, rstd;
+      cf_group_stats(recs + 3LL * g * a.slots, a.slots, a.eps, mean, rstd);
+      if (lane == 0) s.gstat[2 * g] = mean, s.gstat[2 * g + 1] = rstd;
     }
     __syncthreads();
     cf_channel_norm(a, s);
@@ -695,7 +683,7 @@ extern "C" __global__ void __launch_bounds__(CF_THREADS, CF_MIN_BLOCKS) cf_fused
   const CfArgs a = CF_ARGS;
   cf_body<CF_ENGINE_MMA, CF_FUSED>(a);
 }
-// Clears the fused kernel's team flags (launched just before it, one block).
+// Clears the fused kernel's arrival counts (launched just before it, one block).
 extern "C" __global__ void cf_zero(CF_PARAMS) {
   unsigned* f = reinterpret_cast<unsigned*>(partials);
   for (int i = threadIdx.x; i < 2 * teams; i += blockDim.x) f[i] = 0u;

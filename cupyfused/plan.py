@@ -306,7 +306,7 @@ def make_plan(x_shape, C_out: int, K: int, G: int, device: DeviceInfo, engine: s
     if engine == "fused":
         teams, slots, k = fused
         words = mma_words
-        workspace = (teams + teams * G * 2 + teams * G * slots * 3,)
+        workspace = (teams + 2 * teams * G * slots * 3,)  # arrival counts, two buffers of records
         launches = (
             Launch("cf_zero", (1, 1, 1), block, 0, False),
             Launch("cf_fused_mma", (teams * slots, 1, 1), block, 4 * words, True),
