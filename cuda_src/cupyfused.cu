@@ -60,9 +60,10 @@ typedef unsigned int cf_u32;
 
 // All kernels share one argument list, so one launch plan and two generic launchers serve all of them.
 // Shared-memory layout (offsets in 4-byte words, computed by the plan):
-//   [0, 6*G*CF_WARPS)  stats: each warp's running (count, mean, M2) per group, float64 [CF_WARPS][G][3]
+//   [0, 6*G*CF_WARPS)  stats: each warp's running (n, S1, S2) per group, float64 [CF_WARPS][G][3]
 //   [.., off_ch)       (mean, rstd) per group of the sample being normalized, float64 [G][2]
-//   [off_ch, +5*Cout)  per channel: (conv.bias + bias) * sl, sl = -scale * log2(e); group mean, gamma * rstd, beta
+//   [off_ch, +6*Cout)  per channel: (conv.bias + bias) * sl, sl = -scale * log2(e); group mean, gamma * rstd, beta,
+//                      gamma
 //   [off_red, +2*CF_WARPS*32) stats: per-warp scratch, channel totals then group means of a chunk
 //   [off_xs, +16*in_ps) mma: input tile, in_ps pixels x 8 channels, big then small (cf_stage_input)
 //   [off_ws, +512*K*K)  mma: weights of one (32 out x 8 in) chunk, fragment order, big then small
@@ -300,21 +301,25 @@ __device__ __forceinline__ void cf_conv_direct(const CfArgs& a, float (&acc)[CF_
 
 enum { CF_STATS = 0, CF_NORM = 1, CF_FUSED = 2 };
 
-// Chan et al.'s pairwise update of (count, mean, M2) in float64; skipping empty parts keeps it exact for them.
-__device__ __forceinline__ void cf_merge(double* st, double cb, double mb, double m2b) {
-  if (cb == 0.0) return;
-  const double cnt = st[0], tot = cnt + cb, d = mb - st[1];
-  st[1] += d * (cb / tot);
-  st[2] += m2b + d * d * (cnt * cb / tot);
-  st[0] = tot;
+// Statistics are additive sums (n, S1, S2) = (n, sum of (y - c), sum of (y - c)^2) about the fixed shift c = 0.5
+// (sigmoid values lie in (0, 1)), in float64: merging parts is a plain sum in a fixed order (no division), and the
+// variance S2 / n - (S1 / n)^2 loses at most ~15 of float64's 53 bits for any group spread above 1e-6.
+#define CF_SHIFT 0.5
+
+// Adds a part with cnt elements, mean `mean` and sum of squares m2 about that mean.
+__device__ __forceinline__ void cf_add_part(double* st, double cnt, double mean, double m2) {
+  const double d = mean - CF_SHIFT;
+  st[0] += cnt;
+  st[1] += cnt * d;
+  st[2] += m2 + cnt * d * d;
 }
 
 // One block's views of its shared memory (word offsets from the plan, see CfArgs).
 struct CfSmem {
-  double* stats;  // every warp's running (count, mean, M2) per group, [CF_WARPS][G][3]
+  double* stats;  // every warp's running (n, S1, S2) per group, [CF_WARPS][G][3]
   double* wacc;   // this warp's part of it
   double* gstat;  // (mean, rstd) per group of the sample being normalized, [G][2]
-  float *ch_cb, *ch_sc, *ch_mean, *ch_a, *ch_b;  // (conv.bias + bias) * sl, sl = -scale * log2(e), ...
+  float *ch_cb, *ch_sc, *ch_mean, *ch_a, *ch_b, *ch_g;  // (conv.bias + bias) * sl, sl = -scale * log2(e), ...
   float *wred, *wmean;  // this warp's scratch: channel totals [32] and group means [32] of a chunk
   cf_u32 *xs, *ws;
 };
@@ -331,6 +336,7 @@ __device__ __forceinline__ CfSmem cf_smem_views(const CfArgs& a, unsigned char* 
   s.ch_mean = s.ch_sc + a.Cout;
   s.ch_a = s.ch_mean + a.Cout;  // gamma * rstd
   s.ch_b = s.ch_a + a.Cout;     // beta
+  s.ch_g = s.ch_b + a.Cout;     // gamma
   s.wred = smf + a.off_red + 64 * warp;
   s.wmean = s.wred + 32;
   s.xs = reinterpret_cast<cf_u32*>(smf + a.off_xs);
@@ -455,7 +461,7 @@ __device__ __forceinline__ void cf_unit_stats(const CfArgs& a, const CfSmem& s, 
   if (o < a.Cout && o == lo) {
     float t = 0.0f;
     for (int k = lo; k < hi; ++k) t = __fadd_rn(t, s.wred[k - co * 32]);
-    cf_merge(s.wacc + 3 * grp, (double)u.npix * (hi - lo), s.wmean[lane], t);
+    cf_add_part(s.wacc + 3 * grp, (double)u.npix * (hi - lo), s.wmean[lane], t);
   }
   __syncwarp();  // wred / wmean are rewritten by the next unit
 }
@@ -523,23 +529,16 @@ __device__ __forceinline__ void cf_unit_unpark(const CfArgs& a, float (&acc)[CF_
     }
 }
 
-// The records blocks exchange are additive: (count, S1, S2) = (n, sum of (y - c), sum of (y - c)^2) about the
-// fixed shift c = 0.5 (sigmoid values lie in (0, 1)), in float64, so merging them is a plain sum in a fixed order
-// and the variance S2 / n - (S1 / n)^2 loses at most ~15 of float64's 53 bits for any group spread above 1e-6.
-#define CF_SHIFT 0.5
-
-// Merges the warps' statistics in warp order into record dst[g * stride + 0..2] and clears them.
+// Sums the warps' statistics in warp order into record dst[g * stride + 0..2] and clears them.
 __device__ __forceinline__ void cf_block_record(const CfArgs& a, const CfSmem& s, double* dst, int stride) {
   __syncthreads();
   for (int g = threadIdx.x; g < a.G; g += CF_THREADS) {
     double st[3] = {0.0, 0.0, 0.0};
-    for (int w = 0; w < CF_WARPS; ++w) {
-      const double* p = s.stats + 3 * (w * a.G + g);
-      cf_merge(st, p[0], p[1], p[2]);
-    }
-    const double d = st[1] - CF_SHIFT;
+    for (int w = 0; w < CF_WARPS; ++w)
+#pragma unroll
+      for (int k = 0; k < 3; ++k) st[k] += s.stats[3 * (w * a.G + g) + k];
     double* r = dst + (long long)g * stride;
-    r[0] = st[0], r[1] = st[0] * d, r[2] = st[2] + st[0] * d * d;
+    r[0] = st[0], r[1] = st[1], r[2] = st[2];
   }
   __syncthreads();
   for (int i = threadIdx.x; i < 3 * a.G * CF_WARPS; i += CF_THREADS) s.stats[i] = 0.0;
@@ -564,14 +563,14 @@ __device__ __forceinline__ void cf_group_stats(const double* rec, int nrec, floa
   rstd = 1.0 / sqrt(fmax(st[2] / st[0] - m1 * m1, 0.0) + (double)eps);
 }
 
-// Per channel: the group mean, gamma * rstd and beta, from the (mean, rstd) per group in s.gstat.
+// Per channel: the group mean and gamma * rstd, from the (mean, rstd) per group in s.gstat (beta and gamma were
+// put in shared memory at the start).
 __device__ __forceinline__ void cf_channel_norm(const CfArgs& a, const CfSmem& s) {
   const int cpg = a.Cout / a.G;
   for (int o = threadIdx.x; o < a.Cout; o += CF_THREADS) {
     const int g = o / cpg;
     s.ch_mean[o] = (float)s.gstat[2 * g];
-    s.ch_a[o] = (float)((double)a.gamma[o] * s.gstat[2 * g + 1]);
-    s.ch_b[o] = a.beta[o];
+    s.ch_a[o] = (float)((double)s.ch_g[o] * s.gstat[2 * g + 1]);
   }
 }
 
@@ -590,6 +589,8 @@ __device__ __forceinline__ void cf_body(const CfArgs& a) {
     const float sl = __fmul_rn(a.scale[o], -1.4426950408889634f);
     s.ch_cb[o] = __fmul_rn(__fadd_rn(a.conv_b[o], a.bias[o]), sl);
     s.ch_sc[o] = sl;
+    s.ch_b[o] = a.beta[o];
+    s.ch_g[o] = a.gamma[o];
   }
   for (int i = threadIdx.x; i < 3 * a.G * CF_WARPS; i += CF_THREADS) s.stats[i] = 0.0;
   if (ENGINE == CF_ENGINE_MMA && a.wres) cf_stage_weights(a, s.ws, 0, 0);  // published by the barrier below

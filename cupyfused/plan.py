@@ -264,7 +264,7 @@ def make_plan(x_shape, C_out: int, K: int, G: int, device: DeviceInfo, engine: s
     in_rs = TILE_W + K - 1
     in_ps = (TILE_H + K - 1) * in_rs  # pixels of the input tile
     off_ch = 6 * G * WARPS + 4 * G
-    off_red = off_ch + 5 * C_out
+    off_red = off_ch + 6 * C_out
     off_xs = _align4(off_red + 2 * WARPS * 32)
     off_ws = _align4(off_xs + 16 * in_ps)
     mma_words = off_ws + 512 * K * K

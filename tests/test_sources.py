@@ -125,9 +125,10 @@ def parse_ptxas(log: str) -> dict:
     return funcs
 
 
-# The one spill ptxas makes: sm_80's cf_fused_mma keeps 8 words (32 B) of per-sample state in local memory at
-# its 168-register budget. test_fused_spills_stay_out_of_the_mma_loop shows they stay out of the conv loop.
-SPILL_ALLOWANCE = {("cf_fused_mma", "sm_80"): 48}
+# The one spill ptxas makes: cf_fused_mma keeps a few words of per-sample state in local memory at its
+# 168-register budget (sm_80: 36 B stored / 48 B loaded, sm_90: 4 B). test_fused_spills_stay_out_of_the_mma_loop
+# shows, on both, that they stay out of the conv loop.
+SPILL_ALLOWANCE = {("cf_fused_mma", "sm_80"): 48, ("cf_fused_mma", "sm_90"): 48}
 
 
 def compile_cubin(arch, tmp_path, extra=()):
