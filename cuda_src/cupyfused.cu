@@ -151,27 +151,28 @@ __device__ __forceinline__ float cf_sigmoid(float acc, float cbsl, float sl) {
 __device__ __forceinline__ int cf_px_word(int p, int half) { return 8 * p + 4 * (half ^ ((p >> 2) & 1)); }
 
 __device__ __forceinline__ void cf_stage_input(const CfArgs& a, cf_u32* xs, int n, int ci0, int r0, int c0) {
-  const int rows = CF_WARPS + a.K - 1, cols = a.in_rs, lane = threadIdx.x & 31;
-  const float* xn = a.x + (long long)n * a.sxn;
-  // Warp w copies tile rows w, w + CF_WARPS, ...; per row, lane copies columns lane, lane + 32, lane + 64
-  // (in_rs <= 96) of all 8 channels: 24 loads in flight before the first store.
-  for (int r = threadIdx.x >> 5; r < rows; r += CF_WARPS) {
-    const int gr = r0 + r;
-    const float* src = xn + (long long)gr * a.sxh;
-    float v[3][8];
+  const int npix = a.in_ps;  // (CF_WARPS + K - 1) rows x in_rs columns
+  const float inv_cols = 1.0f / (float)a.in_rs;
+  const float* xn = a.x + (long long)n * a.sxn + (long long)ci0 * a.sxc;
+  // Thread i copies pixels i, i + CF_THREADS, ... of the tile (consecutive threads, consecutive columns), all 8
+  // channels, four pixels (32 loads) in flight per round: one round of global latency for tiles of up to
+  // 4 * CF_THREADS pixels, and every warp does the same share.
+  for (int base = 0; base < npix; base += 4 * CF_THREADS) {
+    float v[4][8];
 #pragma unroll
-    for (int k = 0; k < 3; ++k) {
-      const int col = lane + 32 * k, gcol = c0 + col;
-      const bool in = col < cols && gr < a.H && gcol < a.W;
+    for (int k = 0; k < 4; ++k) {
+      const int px = base + k * CF_THREADS + threadIdx.x;
+      // row = px / in_rs, exact in float: px + 0.5 lies at least 0.5 / in_rs from a multiple of in_rs
+      const int r = __float2int_rz(((float)px + 0.5f) * inv_cols), col = px - r * a.in_rs;
+      const bool in = px < npix && r0 + r < a.H && c0 + col < a.W;
+      const float* src = xn + (long long)(r0 + r) * a.sxh + (long long)(c0 + col) * a.sxw;
 #pragma unroll
-      for (int c = 0; c < 8; ++c)
-        v[k][c] = (in && ci0 + c < a.Cin) ? src[(long long)(ci0 + c) * a.sxc + (long long)gcol * a.sxw] : 0.0f;
+      for (int c = 0; c < 8; ++c, src += a.sxc) v[k][c] = (in && ci0 + c < a.Cin) ? *src : 0.0f;
     }
 #pragma unroll
-    for (int k = 0; k < 3; ++k) {
-      const int col = lane + 32 * k;
-      if (col >= cols) break;
-      const int px = r * cols + col;
+    for (int k = 0; k < 4; ++k) {
+      const int px = base + k * CF_THREADS + threadIdx.x;
+      if (px >= npix) break;
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         uint4 big, small;

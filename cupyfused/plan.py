@@ -268,8 +268,7 @@ def make_plan(x_shape, C_out: int, K: int, G: int, device: DeviceInfo, engine: s
     off_xs = _align4(off_red + 2 * WARPS * 32)
     off_ws = _align4(off_xs + 16 * in_ps)
     mma_words = off_ws + 512 * K * K
-    # cuda_src: cf_stage_input copies rows of at most 96 columns (three per lane)
-    mma_fits = 4 * mma_words <= device.smem_optin and in_rs <= 96
+    mma_fits = 4 * mma_words <= device.smem_optin
     if engine in ("fused", "mma") and not mma_fits:
         raise ValueError(
             f"engine={engine!r} needs {4 * mma_words} bytes of shared memory per block for K={K}, more than "
