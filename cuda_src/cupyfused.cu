@@ -209,14 +209,16 @@ __device__ __forceinline__ void cf_stage_weights(const CfArgs& a, cf_u32* ws, in
   }
 }
 
+// staged: the tile's input (C_in <= 8: one chunk) is already in xs, published by a barrier (cf_body stages the
+// next sample's first tile while its team's statistics are being exchanged).
 __device__ __forceinline__ void cf_conv_mma(const CfArgs& a, float (&acc)[CF_MT][4][4], cf_u32* xs, cf_u32* ws,
-                                            int n, int co, int r0, int c0) {
+                                            int n, int co, int r0, int c0, bool staged) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int kk = a.K * a.K, n_ci = (a.Cin + 7) >> 3;
   for (int ci = 0; ci < n_ci; ++ci) {
     // With one input chunk the staged tile serves every output chunk of this tile; wres means the weights
     // were staged once for the whole block.
-    const bool stage_x = (n_ci > 1) || (co == 0);
+    const bool stage_x = ((n_ci > 1) || (co == 0)) && !staged;
     if (stage_x || !a.wres) {
       __syncthreads();  // every warp is done reading the previous tile / chunk
       if (stage_x) cf_stage_input(a, xs, n, ci * 8, r0, c0);
@@ -364,10 +366,10 @@ __device__ __forceinline__ CfTile cf_tile(const CfArgs& a, int t) {
 // conv -> + bias -> * scale -> sigmoid of one unit (tile, 32-channel chunk co) into acc.
 template <int ENGINE>
 __device__ __forceinline__ void cf_compute(const CfArgs& a, const CfSmem& s, float (&acc)[CF_MT][4][4], int n, int co,
-                                           const CfTile& u) {
+                                           const CfTile& u, bool staged = false) {
   const int tig = threadIdx.x & 3;
   if (ENGINE == CF_ENGINE_MMA) {
-    cf_conv_mma(a, acc, s.xs, s.ws, n, co, u.r0, u.c0);
+    cf_conv_mma(a, acc, s.xs, s.ws, n, co, u.r0, u.c0, staged);
   } else {
     cf_zero_acc(acc);
     cf_conv_direct(a, acc, n, co, u.r0, u.c0);
@@ -630,12 +632,15 @@ __device__ __forceinline__ void cf_body(const CfArgs& a) {
   if (team >= a.teams || rank >= tiles) return;  // not in a plan's grid
   __syncthreads();
 
+  // With one input chunk, a block stages the next sample's first tile while its team's statistics are exchanged.
+  const bool prestage = a.Cin <= 8;
+  bool staged = false;
   for (int n = team; n < a.N; n += a.teams) {
     float acc[CF_MT][4][4];  // after the loop: the last unit, held in registers across the statistics exchange
     for (int t = rank; t < tiles; t += a.slots) {
       const CfTile u = cf_tile(a, t);
       for (int co = 0; co < n_co; ++co) {
-        cf_compute<ENGINE>(a, s, acc, n, co, u);
+        cf_compute<ENGINE>(a, s, acc, n, co, u, staged && t == rank);
         cf_unit_stats(a, s, acc, co, u);
         if (t + a.slots < tiles || co != n_co - 1) cf_unit_store<CF_PARK>(a, s, acc, n, co, u);
       }
@@ -650,13 +655,22 @@ __device__ __forceinline__ void cf_body(const CfArgs& a) {
     // and it cannot get two rounds ahead before every block has counted in again, after its reads.
     // The barrier orders the block's record writes before thread 0's fence (fences are cumulative): the pattern
     // of cooperative groups' grid sync. (A fence.acq_rel.gpu measured the same as __threadfence here.)
-    cf_block_record(a, s, recs + 3 * rank, 3 * a.slots);
+    cf_block_record(a, s, recs + 3 * rank, 3 * a.slots);  // its barriers also free xs
     __syncthreads();
+    unsigned* arrivals = reinterpret_cast<unsigned*>(a.partials) + 2 * team;
+    const unsigned target = (round + 1) * (unsigned)a.slots;
+    unsigned arrived = 0;
     if (threadIdx.x == 0) {
-      unsigned* arrivals = reinterpret_cast<unsigned*>(a.partials) + 2 * team;
-      const unsigned target = (round + 1) * (unsigned)a.slots;
       __threadfence();
-      if (atomicAdd(arrivals, 1u) + 1u < target)
+      arrived = atomicAdd(arrivals, 1u) + 1u;
+    }
+    staged = prestage && n + a.teams < a.N;
+    if (staged) {  // counted in first, so the staging runs while the team's last blocks finish
+      const CfTile u0 = cf_tile(a, rank);
+      cf_stage_input(a, s.xs, n + a.teams, 0, u0.r0, u0.c0);
+    }
+    if (threadIdx.x == 0) {
+      if (arrived < target)
         while (*reinterpret_cast<volatile unsigned*>(arrivals) < target) __nanosleep(32);
       __threadfence();
     }
