@@ -125,10 +125,10 @@ def parse_ptxas(log: str) -> dict:
     return funcs
 
 
-# The one spill ptxas makes: cf_fused_mma keeps a few words of per-sample state in local memory at its
-# 168-register budget (sm_80: 36 B stored / 48 B loaded, sm_90: 4 B). test_fused_spills_stay_out_of_the_mma_loop
-# shows, on both, that they stay out of the conv loop.
-SPILL_ALLOWANCE = {("cf_fused_mma", "sm_80"): 48, ("cf_fused_mma", "sm_90"): 48}
+# Spills a kernel may have, as {(kernel, arch): bytes}. None today: cf_fused_mma fits its 168-register budget on
+# both archs (it has spilled a few words of per-sample state before; test_fused_spills_stay_out_of_the_mma_loop
+# checks on the GPU machine that any spill stays out of the conv loop).
+SPILL_ALLOWANCE: dict = {}
 
 
 def compile_cubin(arch, tmp_path, extra=()):
