@@ -481,10 +481,29 @@ __device__ __forceinline__ void cf_store_keep(float* p, float v) {
 // Writes one unit to out: HOW = CF_PARK the sigmoid values as they are (until the statistics are known),
 // CF_NORMALIZE normalized.
 enum { CF_PARK = 0, CF_NORMALIZE = 1 };
-template <int HOW>
-__device__ __forceinline__ void cf_unit_store(const CfArgs& a, const CfSmem& s, const float (&acc)[CF_MT][4][4],
-                                              int n, int co, const CfTile& u) {
-  if (!u.row_ok) return;
+
+// Reads channel slice (nt, j) of a parked unit (tile u, chunk co) back into acc: the elements this thread wrote.
+__device__ __forceinline__ void cf_unpark_slice(const CfArgs& a, float (&acc)[CF_MT][4][4], int n, int co,
+                                                const CfTile& u, int nt, int j) {
+  const int lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
+  const int o = co * 32 + nt * 8 + 2 * tig + j;
+  const float* orow = a.out + (long long)n * a.Cout * a.OH * a.OW + ((long long)o * a.OH + u.row) * a.OW;
+#pragma unroll
+  for (int mt = 0; mt < CF_MT; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int col = u.c0 + mt * 16 + gid + 8 * h;
+      acc[mt][nt][2 * h + j] = (u.row_ok && o < a.Cout && col < a.OW) ? __ldcg(orow + col) : 0.0f;
+    }
+}
+
+// Writes one unit to out: HOW = CF_PARK the sigmoid values as they are (until the statistics are known),
+// CF_NORMALIZE normalized. SWAP: each channel slice, once written, is refilled with the same slice of the parked
+// unit (tile nu, chunk nco), so that those loads' latency overlaps the rest of the stores.
+template <int HOW, bool SWAP = false>
+__device__ __forceinline__ void cf_unit_store(const CfArgs& a, const CfSmem& s, float (&acc)[CF_MT][4][4], int n,
+                                              int co, const CfTile& u, int nco = 0, const CfTile* nu = nullptr) {
+  if (!SWAP && !u.row_ok) return;
   const int lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
   float* on = a.out + (long long)n * a.Cout * a.OH * a.OW;
 #pragma unroll
@@ -492,43 +511,24 @@ __device__ __forceinline__ void cf_unit_store(const CfArgs& a, const CfSmem& s, 
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       const int o = co * 32 + nt * 8 + 2 * tig + j;
-      if (o >= a.Cout) continue;
-      float m = 0.0f, sa = 0.0f, sb = 0.0f;
-      if (HOW == CF_NORMALIZE) m = s.ch_mean[o], sa = s.ch_a[o], sb = s.ch_b[o];
-      float* orow = on + ((long long)o * a.OH + u.row) * a.OW;
+      if (u.row_ok && o < a.Cout) {
+        float m = 0.0f, sa = 0.0f, sb = 0.0f;
+        if (HOW == CF_NORMALIZE) m = s.ch_mean[o], sa = s.ch_a[o], sb = s.ch_b[o];
+        float* orow = on + ((long long)o * a.OH + u.row) * a.OW;
 #pragma unroll
-      for (int mt = 0; mt < CF_MT; ++mt)
+        for (int mt = 0; mt < CF_MT; ++mt)
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int col = u.c0 + mt * 16 + gid + 8 * h;
-          if (col >= a.OW) continue;
-          const float v = acc[mt][nt][2 * h + j];
-          if (HOW == CF_PARK)
-            cf_store_keep(orow + col, v);
-          else
-            orow[col] = fmaf(__fsub_rn(v, m), sa, sb);
-        }
-    }
-}
-
-// Reads a parked unit back into acc: each thread the elements it wrote, all loads before any use.
-__device__ __forceinline__ void cf_unit_unpark(const CfArgs& a, float (&acc)[CF_MT][4][4], int n, int co,
-                                               const CfTile& u) {
-  const int lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
-  const float* on = a.out + (long long)n * a.Cout * a.OH * a.OW;
-#pragma unroll
-  for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int o = co * 32 + nt * 8 + 2 * tig + j;
-      const float* orow = on + ((long long)o * a.OH + u.row) * a.OW;
-#pragma unroll
-      for (int mt = 0; mt < CF_MT; ++mt)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int col = u.c0 + mt * 16 + gid + 8 * h;
-          acc[mt][nt][2 * h + j] = (u.row_ok && o < a.Cout && col < a.OW) ? __ldcg(orow + col) : 0.0f;
-        }
+          for (int h = 0; h < 2; ++h) {
+            const int col = u.c0 + mt * 16 + gid + 8 * h;
+            if (col >= a.OW) continue;
+            const float v = acc[mt][nt][2 * h + j];
+            if (HOW == CF_PARK)
+              cf_store_keep(orow + col, v);
+            else
+              orow[col] = fmaf(__fsub_rn(v, m), sa, sb);
+          }
+      }
+      if (SWAP) cf_unpark_slice(a, acc, n, nco, *nu, nt, j);
     }
 }
 
@@ -684,14 +684,18 @@ __device__ __forceinline__ void cf_body(const CfArgs& a) {
     cf_channel_norm(a, s);
     __syncthreads();
 
-    cf_unit_store<CF_NORMALIZE>(a, s, acc, n, n_co - 1, cf_tile(a, t_last));
-    const int parked = (t_last - rank) / a.slots * n_co + n_co - 1;  // units before the held one, in order
+    // The held unit, then the parked ones in the order they were computed; each store refills the registers it
+    // frees with the next parked unit.
+    const int parked = (t_last - rank) / a.slots * n_co + n_co - 1;  // units before the held one
+    int co_cur = n_co - 1;
+    CfTile u_cur = cf_tile(a, t_last);
     for (int i = 0; i < parked; ++i) {
       const int co = i % n_co;
       const CfTile u = cf_tile(a, rank + i / n_co * a.slots);
-      cf_unit_unpark(a, acc, n, co, u);
-      cf_unit_store<CF_NORMALIZE>(a, s, acc, n, co, u);
+      cf_unit_store<CF_NORMALIZE, true>(a, s, acc, n, co_cur, u_cur, co, &u);
+      co_cur = co, u_cur = u;
     }
+    cf_unit_store<CF_NORMALIZE>(a, s, acc, n, co_cur, u_cur);
   }
 }
 
