@@ -177,6 +177,22 @@ def test_fused_layouts(shape, tiles_per_block, both_backends, cuda_device, seed,
     assert_bitwise_equal(outs[0], outs[1], f"torch vs cupy backend, {plan.describe()}")
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_nan_input_poisons_its_sample_only(backend, engine, cuda_device, seed):
+    """A NaN in one input pixel makes NaN exactly where the float64 reference does: the whole sample (the conv
+    spreads it over every output channel near the pixel, so every group's statistics are NaN), and nothing in the
+    other samples (whose statistics the fused kernel exchanges through the same workspace)."""
+    shape = Shape(3, 8, 32, 40, 40, 3, 8)
+    x, p = inputs(shape, cuda_device, seed)
+    x[1, 3, 17, 22] = float("nan")
+    out = poisoned(out_shape(*shape), x)
+    fused(x, p, shape.G, backend=backend, engine=engine, out=out)
+    torch.cuda.synchronize()
+    ref = ref_of(x, p, shape.G)
+    assert bool(torch.isnan(ref[1]).all()) and not bool(torch.isnan(ref[0::2]).any()), "reference changed"
+    assert torch.equal(torch.isnan(out), torch.isnan(ref)), f"{backend} engine={engine}: NaN pattern differs"
+
+
 @pytest.mark.parametrize("with_out", [False, True], ids=["alloc", "out"])
 def test_empty_batch(backend, cuda_device, with_out):
     shape = Shape(0, 8, 32, 16, 16, 3, 8)
