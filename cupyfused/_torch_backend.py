@@ -35,12 +35,19 @@ const void* cf_kernel(const std::string& name) {
   return nullptr;
 }
 
-// Blocks of `name` one SM holds at once with `threads` threads and `smem` bytes of dynamic shared memory.
-int64_t cf_blocks_per_sm(const std::string& name, int64_t device, int64_t threads, int64_t smem) {
+// The kernel `name`, allowed `smem` bytes of dynamic shared memory on the current device (above 48 KiB that takes
+// an opt-in). Call under the device guard.
+const void* cf_kernel_with_smem(const std::string& name, int64_t smem) {
   const void* fn = cf_kernel(name);
-  const c10::cuda::CUDAGuard guard((c10::DeviceIndex)device);
   if (smem > 48 * 1024)
     C10_CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  return fn;
+}
+
+// Blocks of `name` one SM holds at once with `threads` threads and `smem` bytes of dynamic shared memory.
+int64_t cf_blocks_per_sm(const std::string& name, int64_t device, int64_t threads, int64_t smem) {
+  const c10::cuda::CUDAGuard guard((c10::DeviceIndex)device);
+  const void* fn = cf_kernel_with_smem(name, smem);
   int blocks = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, fn, (int)threads, (size_t)smem));
   return blocks;
@@ -48,7 +55,6 @@ int64_t cf_blocks_per_sm(const std::string& name, int64_t device, int64_t thread
 
 void cf_launch(const std::string& name, int64_t device, py::tuple grid, py::tuple block, int64_t smem,
                bool cooperative, const std::string& types, py::list args) {
-  const void* fn = cf_kernel(name);
   TORCH_INTERNAL_ASSERT(types.size() == (size_t)py::len(args) && py::len(grid) == 3 && py::len(block) == 3,
                         "cupyfused: launch arguments do not match the plan's signature");
   const c10::cuda::CUDAGuard guard((c10::DeviceIndex)device);
@@ -73,8 +79,7 @@ void cf_launch(const std::string& name, int64_t device, py::tuple grid, py::tupl
     }
     ptrs[i] = dst;
   }
-  if (smem > 48 * 1024)
-    C10_CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  const void* fn = cf_kernel_with_smem(name, smem);
   const dim3 g(grid[0].cast<unsigned>(), grid[1].cast<unsigned>(), grid[2].cast<unsigned>());
   const dim3 b(block[0].cast<unsigned>(), block[1].cast<unsigned>(), block[2].cast<unsigned>());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream((c10::DeviceIndex)device).stream();
