@@ -65,7 +65,7 @@ if [ "$run_bench" = 1 ]; then
     echo "==== ncu: DRAM bytes of one cf_fused_mma launch (default problem, cupy backend)"
     ncu --kernel-name cf_fused_mma --launch-skip 1 --launch-count 1 \
       --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum,smsp__inst_executed.sum,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active \
-      "$PY" bench/profile.py cupy >"$OUT/ncu_dram.txt" 2>&1
+      "$PY" bench/ncu_forward.py cupy >"$OUT/ncu_dram.txt" 2>&1
     grep -E "dram__|duration|inst_executed|hmma" "$OUT/ncu_dram.txt"
   fi
 fi
