@@ -104,6 +104,12 @@ __device__ __forceinline__ cf_u32 cf_tf32(float v) {
   return r;
 }
 
+// 3xTF32 operands: big = x rounded to TF32, small = the rest, rounded to TF32.
+__device__ __forceinline__ void cf_split(float x, cf_u32& big, cf_u32& small) {
+  big = cf_tf32(x);
+  small = cf_tf32(__fsub_rn(x, __uint_as_float(big)));
+}
+
 __device__ __forceinline__ void cf_zero_acc(float (&acc)[CF_MT][4][4]) {
 #pragma unroll
   for (int mt = 0; mt < CF_MT; ++mt)
@@ -179,11 +185,7 @@ __device__ __forceinline__ void cf_stage_input(const CfArgs& a, cf_u32* xs, int 
         cf_u32* b = &big.x;
         cf_u32* sm = &small.x;
 #pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          const float x = v[k][4 * half + c];
-          b[c] = cf_tf32(x);
-          sm[c] = cf_tf32(__fsub_rn(x, __uint_as_float(b[c])));
-        }
+        for (int c = 0; c < 4; ++c) cf_split(v[k][4 * half + c], b[c], sm[c]);
         const int wd = cf_px_word(px, half);
         *reinterpret_cast<uint4*>(xs + wd) = big;
         *reinterpret_cast<uint4*>(xs + 8 * a.in_ps + wd) = small;
@@ -203,9 +205,7 @@ __device__ __forceinline__ void cf_stage_weights(const CfArgs& a, cf_u32* ws, in
     const int o = co0 + nt * 8 + (lane >> 2), c = ci0 + (lane & 3) + 4 * b;
     float v = 0.0f;
     if (o < a.Cout && c < a.Cin) v = a.w[((long long)o * a.Cin + c) * kk + pq];
-    const cf_u32 big = cf_tf32(v);
-    ws[idx] = big;
-    ws[256 * kk + idx] = cf_tf32(__fsub_rn(v, __uint_as_float(big)));
+    cf_split(v, ws[idx], ws[256 * kk + idx]);
   }
 }
 
@@ -478,8 +478,6 @@ __device__ __forceinline__ void cf_store_keep(float* p, float v) {
   asm volatile("st.global.L2::cache_hint.f32 [%0], %1, %2;" ::"l"(p), "f"(v), "l"(policy) : "memory");
 }
 
-// Writes one unit to out: HOW = CF_PARK the sigmoid values as they are (until the statistics are known),
-// CF_NORMALIZE normalized.
 enum { CF_PARK = 0, CF_NORMALIZE = 1 };
 
 // Reads channel slice (nt, j) of a parked unit (tile u, chunk co) back into acc: the elements this thread wrote.
@@ -566,15 +564,24 @@ __device__ __forceinline__ void cf_group_stats(const double* rec, int nrec, floa
   rstd = 1.0 / sqrt(fmax(st[2] / st[0] - m1 * m1, 0.0) + (double)eps);
 }
 
-// Per channel: the group mean and gamma * rstd, from the (mean, rstd) per group in s.gstat (beta and gamma were
-// put in shared memory at the start).
-__device__ __forceinline__ void cf_channel_norm(const CfArgs& a, const CfSmem& s) {
-  const int cpg = a.Cout / a.G;
+// Normalization constants of one sample from its blocks' records (nrec per group; group g's at rec + 3 * g * nrec):
+// every group's (mean, rstd) into s.gstat, then per channel the group mean and gamma * rstd (beta and gamma were
+// put in shared memory at the start). Every block reads the same records in the same order, so every block gets
+// the same bits. Ends with a barrier.
+__device__ __forceinline__ void cf_sample_norm(const CfArgs& a, const CfSmem& s, const double* rec, int nrec) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, cpg = a.Cout / a.G;
+  for (int g = warp; g < a.G; g += CF_WARPS) {
+    double mean, rstd;
+    cf_group_stats(rec + 3LL * g * nrec, nrec, a.eps, mean, rstd);
+    if (lane == 0) s.gstat[2 * g] = mean, s.gstat[2 * g + 1] = rstd;
+  }
+  __syncthreads();
   for (int o = threadIdx.x; o < a.Cout; o += CF_THREADS) {
     const int g = o / cpg;
     s.ch_mean[o] = (float)s.gstat[2 * g];
     s.ch_a[o] = (float)((double)s.ch_g[o] * s.gstat[2 * g + 1]);
   }
+  __syncthreads();
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -585,7 +592,6 @@ template <int ENGINE, int MODE>
 __device__ __forceinline__ void cf_body(const CfArgs& a) {
   extern __shared__ __align__(16) unsigned char cf_smem[];
   const CfSmem s = cf_smem_views(a, cf_smem);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int n_co = (a.Cout + 31) >> 5, tiles = a.tiles_w * a.tiles_h;
 
   for (int o = threadIdx.x; o < a.Cout; o += CF_THREADS) {
@@ -600,17 +606,10 @@ __device__ __forceinline__ void cf_body(const CfArgs& a) {
 
   if (MODE != CF_FUSED) {
     const int n = blockIdx.x / a.slots, slot = blockIdx.x - n * a.slots;
-    if (MODE == CF_NORM) {
-      // Every block of sample n merges the same partials in the same order: the same statistics everywhere.
-      for (int g = warp; g < a.G; g += CF_WARPS) {
-        double mean, rstd;
-        cf_group_stats(a.partials + ((long long)n * a.G + g) * a.slots * 3, a.slots, a.eps, mean, rstd);
-        if (lane == 0) s.gstat[2 * g] = mean, s.gstat[2 * g + 1] = rstd;
-      }
+    if (MODE == CF_NORM)
+      cf_sample_norm(a, s, a.partials + (long long)n * a.G * a.slots * 3, a.slots);
+    else
       __syncthreads();
-      cf_channel_norm(a, s);
-    }
-    __syncthreads();
     for (int t = slot; t < tiles; t += a.slots) {
       const CfTile u = cf_tile(a, t);
       for (int co = 0; co < n_co; ++co) {
@@ -675,14 +674,7 @@ __device__ __forceinline__ void cf_body(const CfArgs& a) {
       __threadfence();
     }
     __syncthreads();
-    for (int g = warp; g < a.G; g += CF_WARPS) {
-      double mean, rstd;
-      cf_group_stats(recs + 3LL * g * a.slots, a.slots, a.eps, mean, rstd);
-      if (lane == 0) s.gstat[2 * g] = mean, s.gstat[2 * g + 1] = rstd;
-    }
-    __syncthreads();
-    cf_channel_norm(a, s);
-    __syncthreads();
+    cf_sample_norm(a, s, recs, a.slots);
 
     // The held unit, then the parked ones in the order they were computed; each store refills the registers it
     // frees with the next parked unit.
