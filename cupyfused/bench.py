@@ -218,17 +218,25 @@ def _state_dict(params: dict) -> dict:
     }
 
 
-def build_callables(shape, params, impls, compile_mode, device) -> tuple:
-    """name -> zero-argument-less callable f(x); errors for the ones that cannot be built."""
+def reference_model(shape, params, device):
+    """The reference ``Model`` of ``shape`` holding ``params``, in eval mode."""
+    import cupyfused
+
+    _, c_in, c_out, _, _, k, g = shape
+    model = cupyfused.Model(c_in, c_out, k, g, (c_out, 1, 1), (c_out, 1, 1)).to(device)
+    model.load_state_dict(_state_dict(params))
+    return model.eval()
+
+
+def build_callables(shape, model, impls, compile_mode, device) -> tuple:
+    """name -> callable f(x), from the reference ``model`` (eager) and its parameters; errors for the ones that
+    cannot be built."""
     import torch
 
     import cupyfused
 
     _, c_in, c_out, _, _, k, g = shape
     ctor = (c_in, c_out, k, g, (c_out, 1, 1), (c_out, 1, 1))
-    model = cupyfused.Model(*ctor).to(device)
-    model.load_state_dict(_state_dict(params))
-    model.eval()
     fns, errors = {}, {}
     for name in impls:
         try:
@@ -256,18 +264,13 @@ def shape_tolerance(shape, strict_fp32_err: float) -> float:
     return max(TOL, FP32_FACTOR * strict_fp32_err)
 
 
-def strict_fp32_error(x, params, shape, ref) -> float:
+def strict_fp32_error(model, x, ref) -> float:
     """max |out - ref| of the reference Model in float32 with TF32 off (cuDNN and matmul): what a genuine FP32
     implementation errs by on these inputs. Where GroupNorm divides by a small group spread (e.g. one channel
     per group) every FP32 implementation errs above 1e-5, so the bench's tolerance for a shape is
     max(1e-5, FP32_FACTOR x this); on the default problem it is 1e-5 (SPEC.md)."""
     import torch
 
-    import cupyfused
-
-    _, c_in, c_out, _, _, k, g = shape
-    model = cupyfused.Model(c_in, c_out, k, g, (c_out, 1, 1), (c_out, 1, 1)).to(x.device)
-    model.load_state_dict(_state_dict(params))
     flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
@@ -319,7 +322,8 @@ def bench_shape(shape, impls, args, bw_tb_s, log) -> tuple:
     floor_ms = (in_bytes + out_bytes) / (bw_tb_s * 1e12) * 1e3
     s = min(n, REF_SAMPLES)
     ref = reference_forward(x[:s], **params, num_groups=g)
-    fp32_err = strict_fp32_error(x[:s], params, shape, ref)
+    model = reference_model(shape, params, device)  # the eager row and the strict-FP32 yardstick
+    fp32_err = strict_fp32_error(model, x[:s], ref)
     tol = shape_tolerance(shape, fp32_err)
     engine, plan_text = describe_plan(x, shape)
     backends = cupyfused.available_backends()
@@ -343,7 +347,7 @@ def bench_shape(shape, impls, args, bw_tb_s, log) -> tuple:
     )
 
     with torch.no_grad():
-        fns, errors = build_callables(shape, params, impls, args.compile_mode, device)
+        fns, errors = build_callables(shape, model, impls, args.compile_mode, device)
         for name, b in BACKEND_OF.items():
             if name in fns and backends.get(b) is not None:
                 errors[name] = f"backend {b!r} unavailable: {backends[b]}"
