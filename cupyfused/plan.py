@@ -25,7 +25,7 @@ import math
 import warnings
 
 # Compile-time constants of cuda_src/cupyfused.cu (documented at its top).
-WARPS = 4  # warps per block = output rows per tile (bench/tile_sweep.py: 4 beat 8 by 4% on an H100)
+WARPS = 4  # warps per block = output rows per tile (4 beat 8 by 4% on an H100: bench/NOTES.md step f)
 MT = 4  # m16 mma tiles per warp = 64 output columns per tile
 DEFAULT_DEFINES = {"CF_WARPS": WARPS, "CF_MT": MT}
 TILE_H, TILE_W = WARPS, 16 * MT
