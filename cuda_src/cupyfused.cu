@@ -39,9 +39,12 @@
 //   direct  plain FP32 FMA reading global memory; any shape (the fallback when the mma tile does not fit).
 //
 // Fragment layout (PTX ISA, mma.m16n8k8 .tf32): lane = 4 * gid + tig.
-//   A (pixels x k): a0 (gid, tig), a1 (gid + 8, tig), a2 (gid, tig + 4), a3 (gid + 8, tig + 4)
+//   A (rows x k): a0 (gid, tig), a1 (gid + 8, tig), a2 (gid, tig + 4), a3 (gid + 8, tig + 4)
 //   B (k x chans) : b0 (tig, gid), b1 (tig + 4, gid)
-//   C (pixels x chans): r = 0..3 -> pixel gid + 8 * (r >> 1), channel 2 * tig + (r & 1)
+//   C (rows x chans): r = 0..3 -> row gid + 8 * (r >> 1), channel 2 * tig + (r & 1)
+// The rows of an m16 tile are its 16 pixels interleaved: row i is pixel 2 * i, row i + 8 pixel 2 * i + 1. So
+// acc[mt][nt][r] is pixel 16 * mt + 2 * gid + (r >> 1) of the warp's row: each lane holds two adjacent pixels of
+// a channel, which the epilogue stores and loads as one 8-byte access (a warp's access: 4 channels x 64 bytes).
 
 #ifndef CF_WARPS
 #error "CF_WARPS must be defined by the launch plan"
@@ -65,7 +68,8 @@ typedef unsigned int cf_u32;
 //   [off_ch, +6*Cout)  per channel: (conv.bias + bias) * sl, sl = -scale * log2(e); group mean, gamma * rstd, beta,
 //                      gamma
 //   [off_red, +2*CF_WARPS*32) stats: per-warp scratch, channel totals then group means of a chunk
-//   [off_xs, +16*in_ps) mma: input tile, in_ps pixels x 8 channels, big then small (cf_stage_input)
+//   [off_xs, +32*in_hs) mma: input tile, in_ps pixels x 8 channels, big then small (cf_stage_input);
+//                      in_hs = (in_ps + 1) / 2
 //   [off_ws, +512*K*K)  mma: weights of one (32 out x 8 in) chunk, fragment order, big then small
 struct CfArgs {
   const float* x;
@@ -150,14 +154,17 @@ __device__ __forceinline__ float cf_sigmoid(float acc, float cbsl, float sl) {
 // ---------------------------------------------------------------------------------------------------------
 
 // Input tile of 8 channels (ci0 .. ci0 + 7), (CF_WARPS + K - 1) rows x in_rs columns, zero outside the image,
-// pixel-major: pixel p (= row * in_rs + col) holds its 8 channels in 32 bytes, as two 16-byte halves (channels
-// 0-3, 4-7) swapped when bit 2 of p is set. Eight consecutive pixels' halves then cover all 32 banks, so both
-// the 16-byte stores here and the ldmatrix row reads in cf_conv_mma are conflict-free. Big parts at xs,
-// small parts 8 * in_ps words further.
-__device__ __forceinline__ int cf_px_word(int p, int half) { return 8 * p + 4 * (half ^ ((p >> 2) & 1)); }
+// pixel-major, even and odd pixels apart: pixel p (= row * in_rs + col) holds its 8 channels in the 32-byte slot
+// (p & 1) * hs + p / 2 (hs = (in_ps + 1) / 2), as two 16-byte halves (channels 0-3, 4-7) swapped when bit 0 of
+// p ^ (p >> 3) is set. An ldmatrix phase reads one half of 8 pixels two apart (8 consecutive slots), the staging
+// stores one half of 8 consecutive pixels (4 slots of each parity): both cover all 32 banks once. Big parts at
+// xs, small parts 16 * hs words further.
+__device__ __forceinline__ int cf_px_word(int p, int half, int hs) {
+  return 8 * ((p & 1) * hs + (p >> 1)) + 4 * (half ^ ((p ^ (p >> 3)) & 1));
+}
 
 __device__ __forceinline__ void cf_stage_input(const CfArgs& a, cf_u32* xs, int n, int ci0, int r0, int c0) {
-  const int npix = a.in_ps;  // (CF_WARPS + K - 1) rows x in_rs columns
+  const int npix = a.in_ps, hs = (a.in_ps + 1) >> 1;  // (CF_WARPS + K - 1) rows x in_rs columns
   const float inv_cols = 1.0f / (float)a.in_rs;
   const float* xn = a.x + (long long)n * a.sxn + (long long)ci0 * a.sxc;
   // Thread i copies pixels i, i + CF_THREADS, ... of the tile (consecutive threads, consecutive columns), all 8
@@ -186,9 +193,9 @@ __device__ __forceinline__ void cf_stage_input(const CfArgs& a, cf_u32* xs, int 
         cf_u32* sm = &small.x;
 #pragma unroll
         for (int c = 0; c < 4; ++c) cf_split(v[k][4 * half + c], b[c], sm[c]);
-        const int wd = cf_px_word(px, half);
+        const int wd = cf_px_word(px, half, hs);
         *reinterpret_cast<uint4*>(xs + wd) = big;
-        *reinterpret_cast<uint4*>(xs + 8 * a.in_ps + wd) = small;
+        *reinterpret_cast<uint4*>(xs + 16 * hs + wd) = small;
       }
     }
   }
@@ -226,10 +233,11 @@ __device__ __forceinline__ void cf_conv_mma(const CfArgs& a, float (&acc)[CF_MT]
       __syncthreads();
     }
     if (ci == 0) cf_zero_acc(acc);  // zeroed only now: the staging above has the registers to itself
-    // ldmatrix.x4 row addresses: lanes 0-7 give pixels 0-7 of an m16 tile (channels 0-3: a0), 8-15 pixels
-    // 8-15 (a1), 16-23 pixels 0-7 (channels 4-7: a2), 24-31 pixels 8-15 (a3): the A fragment of mma.m16n8k8.
-    const int lp = (lane & 7) + (lane & 8), lhalf = lane >> 4;
-    const cf_u32 xs_base = (cf_u32)__cvta_generic_to_shared(xs), small = 32u * a.in_ps;  // bytes
+    // ldmatrix.x4 row addresses: lanes 0-7 give rows 0-7 of an m16 tile (channels 0-3: a0), 8-15 rows 8-15
+    // (a1), 16-23 rows 0-7 (channels 4-7: a2), 24-31 rows 8-15 (a3): the A fragment of mma.m16n8k8. Row i is
+    // pixel 2 * i, row i + 8 pixel 2 * i + 1.
+    const int lp = 2 * (lane & 7) + ((lane >> 3) & 1), lhalf = lane >> 4, hs = (a.in_ps + 1) >> 1;
+    const cf_u32 xs_base = (cf_u32)__cvta_generic_to_shared(xs), small = 64u * hs;  // bytes
     for (int p = 0; p < a.K; ++p) {
       for (int q = 0; q < a.K; ++q) {
         const int pq = p * a.K + q;
@@ -238,13 +246,13 @@ __device__ __forceinline__ void cf_conv_mma(const CfArgs& a, float (&acc)[CF_MT]
         const uint4 bb0 = wb[0], bb1 = wb[32], bs0 = wsm[0], bs1 = wsm[32];
         const cf_u32 bbig[4][2] = {{bb0.x, bb0.y}, {bb0.z, bb0.w}, {bb1.x, bb1.y}, {bb1.z, bb1.w}};
         const cf_u32 bsml[4][2] = {{bs0.x, bs0.y}, {bs0.z, bs0.w}, {bs1.x, bs1.y}, {bs1.z, bs1.w}};
-        // m16 tile mt starts 16 pixels (bit 2 unchanged) = 512 bytes after tile 0.
-        const cf_u32 row_addr = xs_base + 4u * cf_px_word((warp + p) * a.in_rs + q + lp, lhalf);
+        // m16 tile mt starts 16 pixels (8 slots, swizzle unchanged) = 256 bytes after tile 0.
+        const cf_u32 row_addr = xs_base + 4u * cf_px_word((warp + p) * a.in_rs + q + lp, lhalf, hs);
 #pragma unroll
         for (int mt = 0; mt < CF_MT; ++mt) {
           cf_u32 ab[4], as[4];
-          cf_ldmatrix_x4(ab, row_addr + 512u * mt);
-          cf_ldmatrix_x4(as, row_addr + small + 512u * mt);
+          cf_ldmatrix_x4(ab, row_addr + 256u * mt);
+          cf_ldmatrix_x4(as, row_addr + small + 256u * mt);
           // Small products first, the big one last (the order 3xTF32 needs).
 #pragma unroll
           for (int nt = 0; nt < 4; ++nt) cf_mma(acc[mt][nt], as[0], as[1], as[2], as[3], bbig[nt][0], bbig[nt][1]);
@@ -275,7 +283,7 @@ __device__ __forceinline__ void cf_conv_direct(const CfArgs& a, float (&acc)[CF_
         for (int mt = 0; mt < CF_MT; ++mt)
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            const int col = c0 + mt * 16 + gid + 8 * h;
+            const int col = c0 + mt * 16 + 2 * gid + h;
             xv[mt][h] = (row < a.OH && col < a.OW)
                             ? xn[c * a.sxc + (long long)(row + p) * a.sxh + (long long)(col + q) * a.sxw]
                             : 0.0f;
@@ -412,11 +420,7 @@ __device__ __forceinline__ void cf_unit_stats(const CfArgs& a, const CfSmem& s, 
                                               int co, const CfTile& u) {
   if (!u.row_ok) return;
   const int lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3, cpg = a.Cout / a.G;
-  bool col_ok[CF_MT][2];
-#pragma unroll
-  for (int mt = 0; mt < CF_MT; ++mt)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) col_ok[mt][h] = u.c0 + mt * 16 + gid + 8 * h < a.OW;
+  const int lim = a.OW - u.c0 - 2 * gid;  // pixel 16 * mt + h of the lane's pairs lies inside the row below lim
   float sum[4][2];
 #pragma unroll
   for (int nt = 0; nt < 4; ++nt)
@@ -427,7 +431,7 @@ __device__ __forceinline__ void cf_unit_stats(const CfArgs& a, const CfSmem& s, 
       for (int mt = 0; mt < CF_MT; ++mt)
 #pragma unroll
         for (int h = 0; h < 2; ++h)
-          if (col_ok[mt][h]) t = __fadd_rn(t, acc[mt][nt][2 * h + j]);
+          if (16 * mt + h < lim) t = __fadd_rn(t, acc[mt][nt][2 * h + j]);
       sum[nt][j] = t;
     }
   cf_warp_channel_sums(sum, s.wred);
@@ -454,7 +458,7 @@ __device__ __forceinline__ void cf_unit_stats(const CfArgs& a, const CfSmem& s, 
       for (int mt = 0; mt < CF_MT; ++mt)
 #pragma unroll
         for (int h = 0; h < 2; ++h)
-          if (col_ok[mt][h]) {
+          if (16 * mt + h < lim) {
             const float d = __fsub_rn(acc[mt][nt][2 * h + j], m);
             t = __fmaf_rn(d, d, t);
           }
@@ -469,30 +473,49 @@ __device__ __forceinline__ void cf_unit_stats(const CfArgs& a, const CfSmem& s, 
   __syncwarp();  // wred / wmean are rewritten by the next unit
 }
 
+// The epilogue moves a lane's pixel pairs as 8-byte accesses where every pair is aligned (even OW, out 8-byte
+// aligned: a user's `out` may start anywhere), else element by element.
+__device__ __forceinline__ bool cf_pairs(const CfArgs& a) {
+  return ((a.OW & 1) == 0) && ((reinterpret_cast<unsigned long long>(a.out) & 7ull) == 0);
+}
+
 // Parked values are stored with an L2 evict-last policy, so that they are still in L2 when read back instead of
 // making a round trip through DRAM (measured: 1.40 GB of DRAM traffic on the default problem, against 1.58 GB
 // with plain stores).
-__device__ __forceinline__ void cf_store_keep(float* p, float v) {
+__device__ __forceinline__ unsigned long long cf_keep_policy() {
   unsigned long long policy;
   asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
+  return policy;
+}
+__device__ __forceinline__ void cf_store_keep(float* p, float v, unsigned long long policy) {
   asm volatile("st.global.L2::cache_hint.f32 [%0], %1, %2;" ::"l"(p), "f"(v), "l"(policy) : "memory");
+}
+__device__ __forceinline__ void cf_store_keep2(float* p, float v0, float v1, unsigned long long policy) {
+  asm volatile("st.global.L2::cache_hint.v2.f32 [%0], {%1, %2}, %3;" ::"l"(p), "f"(v0), "f"(v1), "l"(policy)
+               : "memory");
 }
 
 enum { CF_PARK = 0, CF_NORMALIZE = 1 };
 
+// Output row of channel o of sample n at this lane's first pixel pair of tile u, or null where the channel or
+// the row lies outside the output.
+__device__ __forceinline__ float* cf_lane_row(const CfArgs& a, int n, int o, const CfTile& u) {
+  if (!u.row_ok || o >= a.Cout) return nullptr;
+  return a.out + ((long long)(n * a.Cout + o) * a.OH + u.row) * a.OW + u.c0 + 2 * ((threadIdx.x & 31) >> 2);
+}
+
 // Reads channel slice (nt, j) of a parked unit (tile u, chunk co) back into acc: the elements this thread wrote.
 __device__ __forceinline__ void cf_unpark_slice(const CfArgs& a, float (&acc)[CF_MT][4][4], int n, int co,
                                                 const CfTile& u, int nt, int j) {
-  const int lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
-  const int o = co * 32 + nt * 8 + 2 * tig + j;
-  const float* orow = a.out + (long long)n * a.Cout * a.OH * a.OW + ((long long)o * a.OH + u.row) * a.OW;
+  const float* orow = cf_lane_row(a, n, co * 32 + nt * 8 + 2 * (threadIdx.x & 3) + j, u);
+  const int lim = a.OW - u.c0 - 2 * ((threadIdx.x & 31) >> 2);
 #pragma unroll
-  for (int mt = 0; mt < CF_MT; ++mt)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int col = u.c0 + mt * 16 + gid + 8 * h;
-      acc[mt][nt][2 * h + j] = (u.row_ok && o < a.Cout && col < a.OW) ? __ldcg(orow + col) : 0.0f;
-    }
+  for (int mt = 0; mt < CF_MT; ++mt) {
+    // Two 4-byte loads, not one 8-byte load: registers loaded as a pair would have to be adjacent, which the mma
+    // accumulators they become are not (ptxas then fills the conv loop with register moves: measured).
+    acc[mt][nt][j] = (orow != nullptr && 16 * mt < lim) ? __ldcg(orow + 16 * mt) : 0.0f;
+    acc[mt][nt][2 + j] = (orow != nullptr && 16 * mt + 1 < lim) ? __ldcg(orow + 16 * mt + 1) : 0.0f;
+  }
 }
 
 // Writes one unit to out: HOW = CF_PARK the sigmoid values as they are (until the statistics are known),
@@ -502,29 +525,42 @@ template <int HOW, bool SWAP = false>
 __device__ __forceinline__ void cf_unit_store(const CfArgs& a, const CfSmem& s, float (&acc)[CF_MT][4][4], int n,
                                               int co, const CfTile& u, int nco = 0, const CfTile* nu = nullptr) {
   if (!SWAP && !u.row_ok) return;
-  const int lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
-  float* on = a.out + (long long)n * a.Cout * a.OH * a.OW;
+  const int tig = threadIdx.x & 3;
+  const int lim = a.OW - u.c0 - 2 * ((threadIdx.x & 31) >> 2);
+  const bool pairs = cf_pairs(a);
+  unsigned long long policy = 0;
+  if (HOW == CF_PARK) policy = cf_keep_policy();
 #pragma unroll
   for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       const int o = co * 32 + nt * 8 + 2 * tig + j;
-      if (u.row_ok && o < a.Cout) {
+      float* orow = cf_lane_row(a, n, o, u);
+      if (orow != nullptr) {
         float m = 0.0f, sa = 0.0f, sb = 0.0f;
         if (HOW == CF_NORMALIZE) m = s.ch_mean[o], sa = s.ch_a[o], sb = s.ch_b[o];
-        float* orow = on + ((long long)o * a.OH + u.row) * a.OW;
 #pragma unroll
-        for (int mt = 0; mt < CF_MT; ++mt)
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int col = u.c0 + mt * 16 + gid + 8 * h;
-            if (col >= a.OW) continue;
-            const float v = acc[mt][nt][2 * h + j];
+        for (int mt = 0; mt < CF_MT; ++mt) {
+          if (16 * mt >= lim) continue;
+          float v0 = acc[mt][nt][j], v1 = acc[mt][nt][2 + j];
+          if (HOW == CF_NORMALIZE) v0 = fmaf(__fsub_rn(v0, m), sa, sb), v1 = fmaf(__fsub_rn(v1, m), sa, sb);
+          float* dst = orow + 16 * mt;
+          if (pairs) {
             if (HOW == CF_PARK)
-              cf_store_keep(orow + col, v);
+              cf_store_keep2(dst, v0, v1, policy);
             else
-              orow[col] = fmaf(__fsub_rn(v, m), sa, sb);
+              *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
+          } else {
+            const bool second = 16 * mt + 1 < lim;
+            if (HOW == CF_PARK) {
+              cf_store_keep(dst, v0, policy);
+              if (second) cf_store_keep(dst + 1, v1, policy);
+            } else {
+              dst[0] = v0;
+              if (second) dst[1] = v1;
+            }
           }
+        }
       }
       if (SWAP) cf_unpark_slice(a, acc, n, nco, *nu, nt, j);
     }

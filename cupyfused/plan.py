@@ -266,7 +266,7 @@ def make_plan(x_shape, C_out: int, K: int, G: int, device: DeviceInfo, engine: s
     off_ch = 6 * G * WARPS + 4 * G
     off_red = off_ch + 6 * C_out
     off_xs = _align4(off_red + 2 * WARPS * 32)
-    off_ws = _align4(off_xs + 16 * in_ps)
+    off_ws = _align4(off_xs + 32 * (-(-in_ps // 2)))  # even and odd pixels in separate halves
     mma_words = off_ws + 512 * K * K
     mma_fits = 4 * mma_words <= device.smem_optin
     if engine in ("fused", "mma") and not mma_fits:

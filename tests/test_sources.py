@@ -148,8 +148,9 @@ def compile_cubin(arch, tmp_path, extra=()):
 @pytest.mark.gpu  # runs where the GPU and the full toolkit are (cuobjdump); the device itself is not used
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_fused_spills_stay_out_of_the_mma_loop(arch, cuda_device, tmp_path):
-    """Disassemble cf_fused_mma: no local-memory load or store between its first and last tensor-core
-    instruction (the conv loop), so the allowed spill costs nothing per mma."""
+    """Disassemble cf_fused_mma: no local-memory load or store and few other instructions between its first and
+    last tensor-core instruction (the conv loop's unrolled mma), so neither spills nor register moves cost
+    anything per mma."""
     cuobjdump = shutil.which("cuobjdump")
     if cuobjdump is None:
         skip_or_fail("cuobjdump is not on PATH (it ships with the CUDA toolkit)")
@@ -159,9 +160,16 @@ def test_fused_spills_stay_out_of_the_mma_loop(arch, cuda_device, tmp_path):
     sass = [ln for ln in r.stdout.splitlines() if re.search(r"/\*[0-9a-f]{4}\*/", ln)]
     mma = [i for i, ln in enumerate(sass) if "HMMA" in ln]
     assert mma, "no HMMA in cf_fused_mma"
-    local = [ln.strip() for ln in sass[mma[0] : mma[-1]] if re.search(r"\b(LDL|STL)\b", ln)]
-    report(f"sass {arch}", f"cf_fused_mma: {len(mma)} HMMA, {len(local)} LDL/STL among them")
+    span = sass[mma[0] : mma[-1] + 1]
+    local = [ln.strip() for ln in span if re.search(r"\b(LDL|STL)\b", ln)]
+    others = len(span) - len(mma)
+    report(f"sass {arch}", f"cf_fused_mma: {len(mma)} HMMA; among them {len(local)} LDL/STL, {others} others in all")
     assert not local, "local-memory traffic inside the mma loop:\n" + "\n".join(local[:20])
+    # Register moves between the mma: ptxas inserts them when accumulators must also sit in adjacent pairs
+    # elsewhere (measured once: 2.6 moves per HMMA, 25% more instructions, from 8-byte loads into acc).
+    assert others <= len(mma) // 2, f"{others} non-mma instructions among {len(mma)} HMMA:\n" + "\n".join(
+        ln.strip() for ln in span[:120]
+    )
 
 
 @pytest.mark.slow
