@@ -24,7 +24,7 @@
 //
 //   Two passes (fallback: direct engine, or when asked): block b = sample n * slots + slot,
 //     cf_stats_*  conv -> sigmoid for the tiles slot, slot + slots, ... of sample n; per-warp statistics merged
-//                 in warp order into the record partials[n][g][slot][3] (float64, additive as above). Nothing
+//                 in warp order into the record partials[n][g][slot][2] (float64, additive as below). Nothing
 //                 of the output's size is written.
 //     cf_norm_*   merges the partials of sample n, recomputes the same conv -> sigmoid tiles, normalizes and
 //                 writes the output once.
@@ -63,7 +63,7 @@ typedef unsigned int cf_u32;
 
 // All kernels share one argument list, so one launch plan and two generic launchers serve all of them.
 // Shared-memory layout (offsets in 4-byte words, computed by the plan):
-//   [0, 6*G*CF_WARPS)  stats: each warp's running (n, S1, S2) per group, float64 [CF_WARPS][G][3]
+//   [0, 4*G*CF_WARPS)  stats: each warp's running (S1, S2) per group, float64 [CF_WARPS][G][2]
 //   [.., off_ch)       (mean, rstd) per group of the sample being normalized, float64 [G][2]
 //   [off_ch, +6*Cout)  per channel: (conv.bias + bias) * sl, sl = -scale * log2(e); group mean, gamma * rstd, beta,
 //                      gamma
@@ -80,7 +80,7 @@ struct CfArgs {
   const float* scale;            // (Cout)
   const float* gamma;            // (Cout)
   const float* beta;             // (Cout)
-  double* partials;              // workspace: two-pass (N, G, slots, 3); single pass, see cf_body
+  double* partials;              // workspace: two-pass (N, G, slots, 2); single pass, see cf_body
   float* out;                    // (N, Cout, OH, OW), contiguous
   int N, Cin, H, W, Cout, K, G, OH, OW;
   int tiles_w, tiles_h, slots, teams;  // slots: blocks per sample (a team); teams: single pass only
@@ -312,22 +312,26 @@ __device__ __forceinline__ void cf_conv_direct(const CfArgs& a, float (&acc)[CF_
 
 enum { CF_STATS = 0, CF_NORM = 1, CF_FUSED = 2 };
 
-// Statistics are additive sums (n, S1, S2) = (n, sum of (y - c), sum of (y - c)^2) about the fixed shift c = 0.5
-// (sigmoid values lie in (0, 1)), in float64: merging parts is a plain sum in a fixed order (no division), and the
-// variance S2 / n - (S1 / n)^2 loses at most ~15 of float64's 53 bits for any group spread above 1e-6.
+// Statistics are additive sums (S1, S2) = (sum of (y - c), sum of (y - c)^2) about the fixed shift c = 0.5 (sigmoid
+// values lie in (0, 1)), in float64: merging parts is a plain sum in a fixed order (no division), and the variance
+// S2 / n - (S1 / n)^2 loses at most ~15 of float64's 53 bits for any group spread above 1e-6. The count n of a
+// (sample, group) is known: OH * OW * C_out / G, so no record carries it.
 #define CF_SHIFT 0.5
 
 // Adds a part with cnt elements, mean `mean` and sum of squares m2 about that mean.
 __device__ __forceinline__ void cf_add_part(double* st, double cnt, double mean, double m2) {
   const double d = mean - CF_SHIFT;
-  st[0] += cnt;
-  st[1] += cnt * d;
-  st[2] += m2 + cnt * d * d;
+  st[0] += cnt * d;
+  st[1] += m2 + cnt * d * d;
 }
+
+// Float64 words before the fused kernel's records: the teams' uint32 arrival counts, padded to 16 bytes (plan.py:
+// the same formula).
+__device__ __forceinline__ long long cf_arrival_words(int teams) { return 2LL * ((teams + 3) >> 2); }
 
 // One block's views of its shared memory (word offsets from the plan, see CfArgs).
 struct CfSmem {
-  double* stats;  // every warp's running (n, S1, S2) per group, [CF_WARPS][G][3]
+  double* stats;  // every warp's running (S1, S2) per group, [CF_WARPS][G][2]
   double* wacc;   // this warp's part of it
   double* gstat;  // (mean, rstd) per group of the sample being normalized, [G][2]
   float *ch_cb, *ch_sc, *ch_mean, *ch_a, *ch_b, *ch_g;  // (conv.bias + bias) * sl, sl = -scale * log2(e), ...
@@ -340,8 +344,8 @@ __device__ __forceinline__ CfSmem cf_smem_views(const CfArgs& a, unsigned char* 
   const int warp = threadIdx.x >> 5;
   float* smf = reinterpret_cast<float*>(smem);
   s.stats = reinterpret_cast<double*>(smem);
-  s.wacc = s.stats + 3 * a.G * warp;
-  s.gstat = s.stats + 3 * a.G * CF_WARPS;
+  s.wacc = s.stats + 2 * a.G * warp;
+  s.gstat = s.stats + 2 * a.G * CF_WARPS;
   s.ch_cb = smf + a.off_ch;
   s.ch_sc = s.ch_cb + a.Cout;  // -scale * log2(e)
   s.ch_mean = s.ch_sc + a.Cout;
@@ -468,7 +472,7 @@ __device__ __forceinline__ void cf_unit_stats(const CfArgs& a, const CfSmem& s, 
   if (o < a.Cout && o == lo) {
     float t = 0.0f;
     for (int k = lo; k < hi; ++k) t = __fadd_rn(t, s.wred[k - co * 32]);
-    cf_add_part(s.wacc + 3 * grp, (double)u.npix * (hi - lo), s.wmean[lane], t);
+    cf_add_part(s.wacc + 2 * grp, (double)u.npix * (hi - lo), s.wmean[lane], t);
   }
   __syncwarp();  // wred / wmean are rewritten by the next unit
 }
@@ -566,49 +570,54 @@ __device__ __forceinline__ void cf_unit_store(const CfArgs& a, const CfSmem& s, 
     }
 }
 
-// Sums the warps' statistics in warp order into record dst[g * stride + 0..2] and clears them.
-__device__ __forceinline__ void cf_block_record(const CfArgs& a, const CfSmem& s, double* dst, int stride) {
+// Sums the warps' statistics in warp order into the block's record of each group, recs[g * stride] (a double2 of
+// (S1, S2)), and clears them.
+__device__ __forceinline__ void cf_block_record(const CfArgs& a, const CfSmem& s, double2* recs, int stride) {
   __syncthreads();
   for (int g = threadIdx.x; g < a.G; g += CF_THREADS) {
-    double st[3] = {0.0, 0.0, 0.0};
-    for (int w = 0; w < CF_WARPS; ++w)
-#pragma unroll
-      for (int k = 0; k < 3; ++k) st[k] += s.stats[3 * (w * a.G + g) + k];
-    double* r = dst + (long long)g * stride;
-    r[0] = st[0], r[1] = st[1], r[2] = st[2];
+    double2 st = make_double2(0.0, 0.0);
+    for (int w = 0; w < CF_WARPS; ++w) {
+      st.x += s.stats[2 * (w * a.G + g)];
+      st.y += s.stats[2 * (w * a.G + g) + 1];
+    }
+    recs[(long long)g * stride] = st;
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < 3 * a.G * CF_WARPS; i += CF_THREADS) s.stats[i] = 0.0;
+  for (int i = threadIdx.x; i < 2 * a.G * CF_WARPS; i += CF_THREADS) s.stats[i] = 0.0;
 }
 
-// One warp sums nrec records of a group, stored 3 doubles apart and read through L2 (other blocks wrote them),
-// in a fixed order: lane l takes records l, l + 32, ..., then a tree over the lanes. Lane 0 gets the group's
+// One warp sums nrec consecutive records of a group (cnt elements in all), read through L2 (other blocks wrote
+// them), in a fixed order: lane l takes records l, l + 32, ..., then a tree over the lanes. Lane 0 gets the group's
 // (mean, rstd).
-__device__ __forceinline__ void cf_group_stats(const double* rec, int nrec, float eps, double& mean, double& rstd) {
+__device__ __forceinline__ void cf_group_stats(const double2* rec, int nrec, double cnt, float eps, double& mean,
+                                               double& rstd) {
   const int lane = threadIdx.x & 31;
-  double st[3] = {0.0, 0.0, 0.0};
+  double s1 = 0.0, s2 = 0.0;
 #pragma unroll 4
-  for (int r = lane; r < nrec; r += 32)
+  for (int r = lane; r < nrec; r += 32) {
+    const double2 v = __ldcg(rec + r);
+    s1 += v.x, s2 += v.y;
+  }
 #pragma unroll
-    for (int k = 0; k < 3; ++k) st[k] += __ldcg(rec + 3 * r + k);
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1)
-#pragma unroll
-    for (int k = 0; k < 3; ++k) st[k] += __shfl_down_sync(0xffffffffu, st[k], off);
-  const double m1 = st[1] / st[0];
+  for (int off = 16; off > 0; off >>= 1) {
+    s1 += __shfl_down_sync(0xffffffffu, s1, off);
+    s2 += __shfl_down_sync(0xffffffffu, s2, off);
+  }
+  const double m1 = s1 / cnt;
   mean = CF_SHIFT + m1;
-  rstd = 1.0 / sqrt(fmax(st[2] / st[0] - m1 * m1, 0.0) + (double)eps);
+  rstd = 1.0 / sqrt(fmax(s2 / cnt - m1 * m1, 0.0) + (double)eps);
 }
 
-// Normalization constants of one sample from its blocks' records (nrec per group; group g's at rec + 3 * g * nrec):
+// Normalization constants of one sample from its blocks' records (nrec per group; group g's at rec + g * nrec):
 // every group's (mean, rstd) into s.gstat, then per channel the group mean and gamma * rstd (beta and gamma were
 // put in shared memory at the start). Every block reads the same records in the same order, so every block gets
 // the same bits. Ends with a barrier.
-__device__ __forceinline__ void cf_sample_norm(const CfArgs& a, const CfSmem& s, const double* rec, int nrec) {
+__device__ __forceinline__ void cf_sample_norm(const CfArgs& a, const CfSmem& s, const double2* rec, int nrec) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, cpg = a.Cout / a.G;
+  const double cnt = (double)a.OH * a.OW * cpg;
   for (int g = warp; g < a.G; g += CF_WARPS) {
     double mean, rstd;
-    cf_group_stats(rec + 3LL * g * nrec, nrec, a.eps, mean, rstd);
+    cf_group_stats(rec + (long long)g * nrec, nrec, cnt, a.eps, mean, rstd);
     if (lane == 0) s.gstat[2 * g] = mean, s.gstat[2 * g + 1] = rstd;
   }
   __syncthreads();
@@ -637,13 +646,14 @@ __device__ __forceinline__ void cf_body(const CfArgs& a) {
     s.ch_b[o] = a.beta[o];
     s.ch_g[o] = a.gamma[o];
   }
-  for (int i = threadIdx.x; i < 3 * a.G * CF_WARPS; i += CF_THREADS) s.stats[i] = 0.0;
+  for (int i = threadIdx.x; i < 2 * a.G * CF_WARPS; i += CF_THREADS) s.stats[i] = 0.0;
   if (ENGINE == CF_ENGINE_MMA && a.wres) cf_stage_weights(a, s.ws, 0, 0);  // published by the barrier below
 
   if (MODE != CF_FUSED) {
     const int n = blockIdx.x / a.slots, slot = blockIdx.x - n * a.slots;
+    double2* recs = reinterpret_cast<double2*>(a.partials) + (long long)n * a.G * a.slots;
     if (MODE == CF_NORM)
-      cf_sample_norm(a, s, a.partials + (long long)n * a.G * a.slots * 3, a.slots);
+      cf_sample_norm(a, s, recs, a.slots);
     else
       __syncthreads();
     for (int t = slot; t < tiles; t += a.slots) {
@@ -657,12 +667,12 @@ __device__ __forceinline__ void cf_body(const CfArgs& a) {
           cf_unit_stats(a, s, acc, co, u);
       }
     }
-    if (MODE == CF_STATS) cf_block_record(a, s, a.partials + ((long long)n * a.G * a.slots + slot) * 3, 3 * a.slots);
+    if (MODE == CF_STATS) cf_block_record(a, s, recs + slot, a.slots);
     return;
   }
 
-  // Single pass. Workspace (float64 words): [0, teams) one uint32 arrival count per team (and one unused), then
-  // two buffers (by round parity) of the records (count, S1, S2) per team, group and rank.
+  // Single pass. Workspace: one uint32 arrival count per team, padded to 16 bytes (cf_arrival_words), then two
+  // buffers (by round parity) of the records (S1, S2) per team, group and rank.
   const int team = blockIdx.x / a.slots, rank = blockIdx.x - team * a.slots;
   if (team >= a.teams || rank >= tiles) return;  // not in a plan's grid
   __syncthreads();
@@ -682,7 +692,8 @@ __device__ __forceinline__ void cf_body(const CfArgs& a) {
     }
     const int t_last = rank + (tiles - 1 - rank) / a.slots * a.slots;  // this block's last tile of the sample
     const unsigned round = (unsigned)((n - team) / a.teams);              // this team's round for sample n
-    double* recs = a.partials + a.teams + (long long)((round & 1) * a.teams + team) * a.G * a.slots * 3;
+    double2* recs = reinterpret_cast<double2*>(a.partials + cf_arrival_words(a.teams)) +
+                    (long long)((round & 1) * a.teams + team) * a.G * a.slots;
 
     // Publish this block's record and count in; once the whole team has, every block sums the team's records in
     // rank order itself (the same bits in every block), with no second hop through a block that merges first.
@@ -690,9 +701,9 @@ __device__ __forceinline__ void cf_body(const CfArgs& a) {
     // and it cannot get two rounds ahead before every block has counted in again, after its reads.
     // The barrier orders the block's record writes before thread 0's fence (fences are cumulative): the pattern
     // of cooperative groups' grid sync. (A fence.acq_rel.gpu measured the same as __threadfence here.)
-    cf_block_record(a, s, recs + 3 * rank, 3 * a.slots);  // its barriers also free xs
+    cf_block_record(a, s, recs + rank, a.slots);  // its barriers also free xs
     __syncthreads();
-    unsigned* arrivals = reinterpret_cast<unsigned*>(a.partials) + 2 * team;
+    unsigned* arrivals = reinterpret_cast<unsigned*>(a.partials) + team;
     const unsigned target = (round + 1) * (unsigned)a.slots;
     unsigned arrived = 0;
     if (threadIdx.x == 0) {
@@ -734,7 +745,7 @@ extern "C" __global__ void __launch_bounds__(CF_THREADS, CF_MIN_BLOCKS) cf_fused
 // Clears the fused kernel's arrival counts (launched just before it, one block).
 extern "C" __global__ void cf_zero(CF_PARAMS) {
   unsigned* f = reinterpret_cast<unsigned*>(partials);
-  for (int i = threadIdx.x; i < 2 * teams; i += blockDim.x) f[i] = 0u;
+  for (int i = threadIdx.x; i < teams; i += blockDim.x) f[i] = 0u;
 }
 extern "C" __global__ void __launch_bounds__(CF_THREADS, CF_MIN_BLOCKS) cf_stats_mma(CF_PARAMS) {
   const CfArgs a = CF_ARGS;

@@ -263,7 +263,7 @@ def make_plan(x_shape, C_out: int, K: int, G: int, device: DeviceInfo, engine: s
     # Shared memory, in 4-byte words (layout: cuda_src/cupyfused.cu, CfArgs).
     in_rs = TILE_W + K - 1
     in_ps = (TILE_H + K - 1) * in_rs  # pixels of the input tile
-    off_ch = 6 * G * WARPS + 4 * G
+    off_ch = 4 * G * WARPS + 4 * G  # float64 (S1, S2) per warp and group, then (mean, rstd) per group
     off_red = off_ch + 6 * C_out
     off_xs = _align4(off_red + 2 * WARPS * 32)
     off_ws = _align4(off_xs + 32 * (-(-in_ps // 2)))  # even and odd pixels in separate halves
@@ -305,7 +305,8 @@ def make_plan(x_shape, C_out: int, K: int, G: int, device: DeviceInfo, engine: s
     if engine == "fused":
         teams, slots, k = fused
         words = mma_words
-        workspace = (teams + 2 * teams * G * slots * 3,)  # arrival counts, two buffers of records
+        # uint32 arrival counts padded to 16 bytes (cuda_src: cf_arrival_words), two buffers of (S1, S2) records
+        workspace = (2 * -(-teams // 4) + 2 * teams * G * slots * 2,)
         launches = (
             Launch("cf_zero", (1, 1, 1), block, 0, False),
             Launch("cf_fused_mma", (teams * slots, 1, 1), block, 4 * words, True),
@@ -317,13 +318,13 @@ def make_plan(x_shape, C_out: int, K: int, G: int, device: DeviceInfo, engine: s
         else:
             words, per_sm = mma_words, MMA_BLOCKS_PER_SM
         # Blocks per sample: fill one wave of resident blocks, with the sample's tiles split evenly, and keep the
-        # float64 statistics workspace (N x G x slots x 3) under 1 MiB where the batch allows.
+        # float64 statistics workspace (N x G x slots x 2) under 1 MiB where the batch allows.
         resident = device.sm_count * per_sm
         slots = max(1, min(tiles, resident // max(N, 1)))
-        slots = max(1, min(slots, WORKSPACE_TARGET_BYTES // (24 * max(N, 1) * G)))
+        slots = max(1, min(slots, WORKSPACE_TARGET_BYTES // (16 * max(N, 1) * G)))
         slots = -(-tiles // -(-tiles // slots))  # same tile count per block
         teams, k = 1, -(-tiles // slots)
-        workspace = (N, G, slots, 3)
+        workspace = (N, G, slots, 2)
         launches = tuple(Launch(name, (N * slots, 1, 1), block, 4 * words, False) for name in KERNELS[engine])
 
     wres = int(engine != "direct" and C_out <= 32 and C_in <= 8)

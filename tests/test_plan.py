@@ -47,11 +47,11 @@ def assert_sane(plan, device, x_shape, C_out, K, G):
         assert plan.grid[0] <= device.sm_count * plan_module.MMA_BLOCKS_PER_SM
         per_sm = device.smem_per_sm // (plan.smem_bytes + plan_module._SMEM_RESERVED)
         assert plan.grid[0] <= device.sm_count * per_sm, "the teams do not fit in shared memory at once"
-        assert plan.workspace_bytes >= 8 * plan.teams * (1 + 2 * G + 3 * G * plan.slots)
+        assert plan.workspace_bytes >= 4 * plan.teams + 8 * 2 * plan.teams * 2 * G * plan.slots
         assert plan.launches[-1].cooperative and not plan.launches[0].cooperative
     else:
         assert plan.grid[0] == N * plan.slots  # one sample per group of blocks
-        assert plan.workspace_bytes >= 24 * N * G * plan.slots
+        assert plan.workspace_bytes >= 16 * N * G * plan.slots
         assert not any(ln.cooperative for ln in plan.launches)
     assert 0 <= plan.smem_bytes <= device.smem_optin, (plan.smem_bytes, device.smem_optin)
     assert len(plan.kernels) == 2 and set(plan.kernels) <= kernels_in_source(), plan.kernels
