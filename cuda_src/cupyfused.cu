@@ -17,8 +17,9 @@
 //   units, if any, are parked unnormalized in `out` itself with an L2 evict-last hint, and read back from L2).
 //   It publishes one additive float64 record per group (cf_block_record) and counts itself in with an integer
 //   atomic; once the whole team has, every block sums the team's records in rank order (the same bits in every
-//   block), then normalizes and writes its units. Input read about once, output written once, nothing of the
-//   output's size allocated. cf_zero clears the teams' arrival counts first (one tiny launch).
+//   block), then normalizes and writes its units (evict-first: the final values make room in L2 for the parked
+//   ones). Input read about once, output written once, nothing of the output's size allocated. cf_zero clears
+//   the teams' arrival counts first (one tiny launch).
 //   Blocks wait for each other, so all of them must be resident at once: the launch is cooperative, and the
 //   plan sizes the grid from the occupancy the kernel is built for (the launchers verify it).
 //
@@ -483,23 +484,36 @@ __device__ __forceinline__ bool cf_pairs(const CfArgs& a) {
   return ((a.OW & 1) == 0) && ((reinterpret_cast<unsigned long long>(a.out) & 7ull) == 0);
 }
 
-// Parked values are stored with an L2 evict-last policy, so that they are still in L2 when read back instead of
-// making a round trip through DRAM (measured: 1.40 GB of DRAM traffic on the default problem, against 1.58 GB
-// with plain stores).
-__device__ __forceinline__ unsigned long long cf_keep_policy() {
-  unsigned long long policy;
-  asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
+// L2 policies of the single pass's stores. Parked values: evict-last, so that they are still in L2 when read back
+// instead of making a round trip through DRAM (measured: 1.40 GB of DRAM traffic on the default problem, against
+// 1.58 GB with plain stores). Final values: evict-first, since nothing reads them here; they leave L2 before the
+// teams' parked lines do (measured: 1.37 GB against 1.47-1.53 GB, about 1% more time; bench/NOTES.md).
+enum { CF_PARK = 0, CF_NORMALIZE = 1, CF_FINAL = 2 };  // how cf_unit_store writes; CF_FINAL: normalized, evict-first
+
+template <int HOW>
+__device__ __forceinline__ unsigned long long cf_l2_policy() {
+  unsigned long long policy = 0;
+  if (HOW == CF_PARK) asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
+  if (HOW == CF_FINAL) asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
   return policy;
 }
-__device__ __forceinline__ void cf_store_keep(float* p, float v, unsigned long long policy) {
-  asm volatile("st.global.L2::cache_hint.f32 [%0], %1, %2;" ::"l"(p), "f"(v), "l"(policy) : "memory");
-}
-__device__ __forceinline__ void cf_store_keep2(float* p, float v0, float v1, unsigned long long policy) {
-  asm volatile("st.global.L2::cache_hint.v2.f32 [%0], {%1, %2}, %3;" ::"l"(p), "f"(v0), "f"(v1), "l"(policy)
-               : "memory");
-}
 
-enum { CF_PARK = 0, CF_NORMALIZE = 1 };
+// One value / an 8-byte pair to global memory, with the L2 policy of HOW (a plain store for CF_NORMALIZE).
+template <int HOW>
+__device__ __forceinline__ void cf_store(float* p, float v, unsigned long long policy) {
+  if (HOW == CF_NORMALIZE)
+    *p = v;
+  else
+    asm volatile("st.global.L2::cache_hint.f32 [%0], %1, %2;" ::"l"(p), "f"(v), "l"(policy) : "memory");
+}
+template <int HOW>
+__device__ __forceinline__ void cf_store2(float* p, float v0, float v1, unsigned long long policy) {
+  if (HOW == CF_NORMALIZE)
+    *reinterpret_cast<float2*>(p) = make_float2(v0, v1);
+  else
+    asm volatile("st.global.L2::cache_hint.v2.f32 [%0], {%1, %2}, %3;" ::"l"(p), "f"(v0), "f"(v1), "l"(policy)
+                 : "memory");
+}
 
 // Output row of channel o of sample n at this lane's first pixel pair of tile u, or null where the channel or
 // the row lies outside the output.
@@ -523,8 +537,9 @@ __device__ __forceinline__ void cf_unpark_slice(const CfArgs& a, float (&acc)[CF
 }
 
 // Writes one unit to out: HOW = CF_PARK the sigmoid values as they are (until the statistics are known),
-// CF_NORMALIZE normalized. SWAP: each channel slice, once written, is refilled with the same slice of the parked
-// unit (tile nu, chunk nco), so that those loads' latency overlaps the rest of the stores.
+// CF_NORMALIZE normalized, CF_FINAL normalized with the evict-first policy (the single pass). SWAP: each channel
+// slice, once written, is refilled with the same slice of the parked unit (tile nu, chunk nco), so that those
+// loads' latency overlaps the rest of the stores.
 template <int HOW, bool SWAP = false>
 __device__ __forceinline__ void cf_unit_store(const CfArgs& a, const CfSmem& s, float (&acc)[CF_MT][4][4], int n,
                                               int co, const CfTile& u, int nco = 0, const CfTile* nu = nullptr) {
@@ -532,8 +547,7 @@ __device__ __forceinline__ void cf_unit_store(const CfArgs& a, const CfSmem& s, 
   const int tig = threadIdx.x & 3;
   const int lim = a.OW - u.c0 - 2 * ((threadIdx.x & 31) >> 2);
   const bool pairs = cf_pairs(a);
-  unsigned long long policy = 0;
-  if (HOW == CF_PARK) policy = cf_keep_policy();
+  const unsigned long long policy = cf_l2_policy<HOW>();
 #pragma unroll
   for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
@@ -542,27 +556,18 @@ __device__ __forceinline__ void cf_unit_store(const CfArgs& a, const CfSmem& s, 
       float* orow = cf_lane_row(a, n, o, u);
       if (orow != nullptr) {
         float m = 0.0f, sa = 0.0f, sb = 0.0f;
-        if (HOW == CF_NORMALIZE) m = s.ch_mean[o], sa = s.ch_a[o], sb = s.ch_b[o];
+        if (HOW != CF_PARK) m = s.ch_mean[o], sa = s.ch_a[o], sb = s.ch_b[o];
 #pragma unroll
         for (int mt = 0; mt < CF_MT; ++mt) {
           if (16 * mt >= lim) continue;
           float v0 = acc[mt][nt][j], v1 = acc[mt][nt][2 + j];
-          if (HOW == CF_NORMALIZE) v0 = fmaf(__fsub_rn(v0, m), sa, sb), v1 = fmaf(__fsub_rn(v1, m), sa, sb);
+          if (HOW != CF_PARK) v0 = fmaf(__fsub_rn(v0, m), sa, sb), v1 = fmaf(__fsub_rn(v1, m), sa, sb);
           float* dst = orow + 16 * mt;
           if (pairs) {
-            if (HOW == CF_PARK)
-              cf_store_keep2(dst, v0, v1, policy);
-            else
-              *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
+            cf_store2<HOW>(dst, v0, v1, policy);
           } else {
-            const bool second = 16 * mt + 1 < lim;
-            if (HOW == CF_PARK) {
-              cf_store_keep(dst, v0, policy);
-              if (second) cf_store_keep(dst + 1, v1, policy);
-            } else {
-              dst[0] = v0;
-              if (second) dst[1] = v1;
-            }
+            cf_store<HOW>(dst, v0, policy);
+            if (16 * mt + 1 < lim) cf_store<HOW>(dst + 1, v1, policy);
           }
         }
       }
@@ -731,10 +736,10 @@ __device__ __forceinline__ void cf_body(const CfArgs& a) {
     for (int i = 0; i < parked; ++i) {
       const int co = i % n_co;
       const CfTile u = cf_tile(a, rank + i / n_co * a.slots);
-      cf_unit_store<CF_NORMALIZE, true>(a, s, acc, n, co_cur, u_cur, co, &u);
+      cf_unit_store<CF_FINAL, true>(a, s, acc, n, co_cur, u_cur, co, &u);
       co_cur = co, u_cur = u;
     }
-    cf_unit_store<CF_NORMALIZE>(a, s, acc, n, co_cur, u_cur);
+    cf_unit_store<CF_FINAL>(a, s, acc, n, co_cur, u_cur);
   }
 }
 
