@@ -160,12 +160,14 @@ __device__ __forceinline__ float cf_sigmoid(float acc, float cbsl, float sl) {
 // p ^ (p >> 3) is set. An ldmatrix phase reads one half of 8 pixels two apart (8 consecutive slots), the staging
 // stores one half of 8 consecutive pixels (4 slots of each parity): both cover all 32 banks once. Big parts at
 // xs, small parts 16 * hs words further.
+__device__ __forceinline__ int cf_xs_half(const CfArgs& a) { return (a.in_ps + 1) >> 1; }  // hs: slots per parity
+
 __device__ __forceinline__ int cf_px_word(int p, int half, int hs) {
   return 8 * ((p & 1) * hs + (p >> 1)) + 4 * (half ^ ((p ^ (p >> 3)) & 1));
 }
 
 __device__ __forceinline__ void cf_stage_input(const CfArgs& a, cf_u32* xs, int n, int ci0, int r0, int c0) {
-  const int npix = a.in_ps, hs = (a.in_ps + 1) >> 1;  // (CF_WARPS + K - 1) rows x in_rs columns
+  const int npix = a.in_ps, hs = cf_xs_half(a);  // (CF_WARPS + K - 1) rows x in_rs columns
   const float inv_cols = 1.0f / (float)a.in_rs;
   const float* xn = a.x + (long long)n * a.sxn + (long long)ci0 * a.sxc;
   // Thread i copies pixels i, i + CF_THREADS, ... of the tile (consecutive threads, consecutive columns), all 8
@@ -237,7 +239,7 @@ __device__ __forceinline__ void cf_conv_mma(const CfArgs& a, float (&acc)[CF_MT]
     // ldmatrix.x4 row addresses: lanes 0-7 give rows 0-7 of an m16 tile (channels 0-3: a0), 8-15 rows 8-15
     // (a1), 16-23 rows 0-7 (channels 4-7: a2), 24-31 rows 8-15 (a3): the A fragment of mma.m16n8k8. Row i is
     // pixel 2 * i, row i + 8 pixel 2 * i + 1.
-    const int lp = 2 * (lane & 7) + ((lane >> 3) & 1), lhalf = lane >> 4, hs = (a.in_ps + 1) >> 1;
+    const int lp = 2 * (lane & 7) + ((lane >> 3) & 1), lhalf = lane >> 4, hs = cf_xs_half(a);
     const cf_u32 xs_base = (cf_u32)__cvta_generic_to_shared(xs), small = 64u * hs;  // bytes
     for (int p = 0; p < a.K; ++p) {
       for (int q = 0; q < a.K; ++q) {
@@ -376,6 +378,11 @@ __device__ __forceinline__ CfTile cf_tile(const CfArgs& a, int t) {
   return u;
 }
 
+// This lane's pixel pairs in its warp's row of tile u start at column u.c0 + 2 * gid (pair mt at + 16 * mt); the
+// row has cf_lane_lim(a, u) columns left from there, so pixel 16 * mt + h of the pairs is inside below it.
+__device__ __forceinline__ int cf_lane_col(const CfTile& u) { return u.c0 + 2 * ((threadIdx.x & 31) >> 2); }
+__device__ __forceinline__ int cf_lane_lim(const CfArgs& a, const CfTile& u) { return a.OW - cf_lane_col(u); }
+
 // conv -> + bias -> * scale -> sigmoid of one unit (tile, 32-channel chunk co) into acc.
 template <int ENGINE>
 __device__ __forceinline__ void cf_compute(const CfArgs& a, const CfSmem& s, float (&acc)[CF_MT][4][4], int n, int co,
@@ -424,8 +431,8 @@ __device__ __forceinline__ void cf_warp_channel_sums(float (&s)[4][2], float* wr
 __device__ __forceinline__ void cf_unit_stats(const CfArgs& a, const CfSmem& s, const float (&acc)[CF_MT][4][4],
                                               int co, const CfTile& u) {
   if (!u.row_ok) return;
-  const int lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3, cpg = a.Cout / a.G;
-  const int lim = a.OW - u.c0 - 2 * gid;  // pixel 16 * mt + h of the lane's pairs lies inside the row below lim
+  const int lane = threadIdx.x & 31, tig = lane & 3, cpg = a.Cout / a.G;
+  const int lim = cf_lane_lim(a, u);
   float sum[4][2];
 #pragma unroll
   for (int nt = 0; nt < 4; ++nt)
@@ -519,14 +526,14 @@ __device__ __forceinline__ void cf_store2(float* p, float v0, float v1, unsigned
 // the row lies outside the output.
 __device__ __forceinline__ float* cf_lane_row(const CfArgs& a, int n, int o, const CfTile& u) {
   if (!u.row_ok || o >= a.Cout) return nullptr;
-  return a.out + ((long long)(n * a.Cout + o) * a.OH + u.row) * a.OW + u.c0 + 2 * ((threadIdx.x & 31) >> 2);
+  return a.out + ((long long)(n * a.Cout + o) * a.OH + u.row) * a.OW + cf_lane_col(u);
 }
 
 // Reads channel slice (nt, j) of a parked unit (tile u, chunk co) back into acc: the elements this thread wrote.
 __device__ __forceinline__ void cf_unpark_slice(const CfArgs& a, float (&acc)[CF_MT][4][4], int n, int co,
                                                 const CfTile& u, int nt, int j) {
   const float* orow = cf_lane_row(a, n, co * 32 + nt * 8 + 2 * (threadIdx.x & 3) + j, u);
-  const int lim = a.OW - u.c0 - 2 * ((threadIdx.x & 31) >> 2);
+  const int lim = cf_lane_lim(a, u);
 #pragma unroll
   for (int mt = 0; mt < CF_MT; ++mt) {
     // Two 4-byte loads, not one 8-byte load: registers loaded as a pair would have to be adjacent, which the mma
@@ -545,7 +552,7 @@ __device__ __forceinline__ void cf_unit_store(const CfArgs& a, const CfSmem& s, 
                                               int co, const CfTile& u, int nco = 0, const CfTile* nu = nullptr) {
   if (!SWAP && !u.row_ok) return;
   const int tig = threadIdx.x & 3;
-  const int lim = a.OW - u.c0 - 2 * ((threadIdx.x & 31) >> 2);
+  const int lim = cf_lane_lim(a, u);
   const bool pairs = cf_pairs(a);
   const unsigned long long policy = cf_l2_policy<HOW>();
 #pragma unroll
