@@ -72,20 +72,60 @@ def module(device_id: int, defines: dict):
 _PACK = {"q": np.int64, "i": np.int32, "f": np.float32}
 
 
+def view(tensor):
+    """CuPy's zero-copy view of a torch CUDA tensor, through a DLPack capsule: the caller works on the stream
+    the tensor's producer used (torch's current stream), so the ``__dlpack__`` stream handshake, which costs
+    more host time than the launch, has nothing to order."""
+    import cupy
+    from torch.utils import dlpack
+
+    return cupy.from_dlpack(dlpack.to_dlpack(tensor.detach()))
+
+
+_STREAMS: dict = {}
+
+
 def external_stream(torch_stream, device_id: int):
-    """CuPy's view of a torch stream: CuPy 14's ``Stream.from_external`` where the stream speaks the
-    ``__cuda_stream__`` protocol, else ``ExternalStream`` (deprecated in CuPy 14, so its warning is muted)."""
+    """CuPy's view of a torch stream (cached per stream handle): CuPy 14's ``Stream.from_external`` where the
+    stream speaks the ``__cuda_stream__`` protocol, else ``ExternalStream`` (deprecated in CuPy 14, so its
+    warning is muted). The view owns nothing, so a reused handle is harmless."""
     import cupy
 
+    key = (device_id, torch_stream.cuda_stream)
+    stream = _STREAMS.get(key)
+    if stream is not None:
+        return stream
     from_external = getattr(cupy.cuda.Stream, "from_external", None)
     if from_external is not None and hasattr(torch_stream, "__cuda_stream__"):
         try:
-            return from_external(torch_stream)
+            stream = from_external(torch_stream)
         except Exception:  # an older protocol version on either side: the pointer form below still works
             pass
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return cupy.cuda.ExternalStream(torch_stream.cuda_stream, device_id)
+    if stream is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            stream = cupy.cuda.ExternalStream(torch_stream.cuda_stream, device_id)
+    if len(_STREAMS) >= 256:
+        _STREAMS.clear()
+    _STREAMS[key] = stream
+    return stream
+
+
+_SCALARS: dict = {}
+_OPTED_IN: dict = {}  # (device, kernel) -> the dynamic shared memory it was allowed above 48 KiB
+
+
+def _packed(args) -> tuple:
+    """The argument tuple for CuPy: arrays as they are, scalars as numpy scalars of their C type (made once per
+    distinct scalar list)."""
+    key = tuple(v for t, v in args if t != "p")
+    scalars = _SCALARS.get(key)
+    if scalars is None:
+        if len(_SCALARS) >= 256:
+            _SCALARS.clear()
+        scalars = _SCALARS[key] = [_PACK[t](v) for t, v in args if t != "p"]
+    it = iter(scalars)
+    return tuple(v if t == "p" else next(it) for t, v in args)
 
 
 def launch(plan, args, device_id: int, stream) -> None:
@@ -93,7 +133,7 @@ def launch(plan, args, device_id: int, stream) -> None:
     import cupy
 
     kernels = module(device_id, plan.defines)
-    packed = tuple(v if t == "p" else _PACK[t](v) for t, v in args)
+    packed = _packed(args)
 
     def occupancy(ln):
         fn = kernels[ln.kernel].kernel
@@ -102,8 +142,9 @@ def launch(plan, args, device_id: int, stream) -> None:
     with cupy.cuda.Device(device_id), stream:
         for ln in plan.launches:
             fn = kernels[ln.kernel]
-            if ln.smem_bytes > 48 * 1024:
-                fn.max_dynamic_shared_size_bytes = ln.smem_bytes
+            if ln.smem_bytes > _OPTED_IN.get((device_id, ln.kernel), 48 * 1024):
+                fn.max_dynamic_shared_size_bytes = ln.smem_bytes  # a driver call: only when it must grow
+                _OPTED_IN[(device_id, ln.kernel)] = ln.smem_bytes
             if not ln.cooperative:
                 fn(ln.grid, ln.block, packed, shared_mem=ln.smem_bytes)
                 continue

@@ -1,19 +1,21 @@
 """Backend ``torch``: the sources of ``cuda_src/`` built by nvcc through ``torch.utils.cpp_extension.load_inline``
 and launched from the extension on PyTorch's current stream of the tensors' device, under a device guard.
 
-The extension holds one generic launcher: it takes a kernel name, the plan's grid/block/shared memory and the
-argument list packed by type code (see ``plan.SIGNATURE``), so every launch decision stays in the plan.
+The extension holds one generic launcher: it takes the plan's launches (kernel name, blocks, threads, shared memory,
+cooperative or not) and the argument list packed in 8-byte slots (see ``plan.SIGNATURE``), so every launch decision
+stays in the plan, and one forward costs one call into the extension.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
+import struct
 import sys
 import time
 
 from . import _sources
-from .plan import ALL_KERNELS
+from .plan import ALL_KERNELS, SIGNATURE
 
 _GLUE = r"""
 #include <torch/extension.h>
@@ -21,8 +23,11 @@ _GLUE = r"""
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAException.h>
 #include <cuda_runtime.h>
-#include <cstring>
+#include <map>
+#include <mutex>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace {
 struct CfKernel { const char* name; const void* fn; };
@@ -36,63 +41,56 @@ const void* cf_kernel(const std::string& name) {
 }
 
 // The kernel `name`, allowed `smem` bytes of dynamic shared memory on the current device (above 48 KiB that takes
-// an opt-in). Call under the device guard.
-const void* cf_kernel_with_smem(const std::string& name, int64_t smem) {
+// an opt-in, a driver call made only when the allowance must grow). Call under the device guard.
+const void* cf_kernel_with_smem(const std::string& name, int64_t device, int64_t smem) {
   const void* fn = cf_kernel(name);
-  if (smem > 48 * 1024)
-    C10_CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  if (smem > 48 * 1024) {
+    static std::mutex mu;
+    static std::map<std::pair<const void*, int64_t>, int64_t> allowed;  // (kernel, device) -> bytes
+    const std::lock_guard<std::mutex> lock(mu);
+    int64_t& now = allowed[{fn, device}];
+    if (now < smem) {
+      C10_CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+      now = smem;
+    }
+  }
   return fn;
 }
 
 // Blocks of `name` one SM holds at once with `threads` threads and `smem` bytes of dynamic shared memory.
 int64_t cf_blocks_per_sm(const std::string& name, int64_t device, int64_t threads, int64_t smem) {
   const c10::cuda::CUDAGuard guard((c10::DeviceIndex)device);
-  const void* fn = cf_kernel_with_smem(name, smem);
+  const void* fn = cf_kernel_with_smem(name, device, smem);
   int blocks = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, fn, (int)threads, (size_t)smem));
   return blocks;
 }
 
-void cf_launch(const std::string& name, int64_t device, py::tuple grid, py::tuple block, int64_t smem,
-               bool cooperative, const std::string& types, py::list args) {
-  TORCH_INTERNAL_ASSERT(types.size() == (size_t)py::len(args) && py::len(grid) == 3 && py::len(block) == 3,
-                        "cupyfused: launch arguments do not match the plan's signature");
+// Runs a plan's launches, each (kernel name, blocks, threads, smem bytes, cooperative; 1-D grids and blocks, as
+// every plan's are), in order on torch's current stream of `device`. `args`: the kernels' shared argument list,
+// each argument in an 8-byte little-endian slot (plan.SIGNATURE order; pointers, int64, and int32 / float32 in
+// the slot's first 4 bytes).
+void cf_run(int64_t device, py::tuple launches, const std::string& args) {
+  TORCH_INTERNAL_ASSERT(args.size() % 8 == 0, "cupyfused: the packed arguments are not 8-byte slots");
   const c10::cuda::CUDAGuard guard((c10::DeviceIndex)device);
-  const size_t n = types.size();
-  std::vector<unsigned long long> storage(n, 0);  // 8 bytes per argument, each read back at its own width
-  std::vector<void*> ptrs(n);
-  for (size_t i = 0; i < n; ++i) {
-    void* dst = &storage[i];
-    switch (types[i]) {
-      case 'p': {
-        const at::Tensor t = args[i].cast<at::Tensor>();
-        TORCH_INTERNAL_ASSERT(t.is_cuda() && t.get_device() == device, "cupyfused: buffer ", i,
-                              " not on cuda:", device);
-        const void* p = t.data_ptr();
-        std::memcpy(dst, &p, sizeof p);
-        break;
-      }
-      case 'q': { const long long v = args[i].cast<long long>(); std::memcpy(dst, &v, sizeof v); break; }
-      case 'i': { const int v = (int)args[i].cast<long long>(); std::memcpy(dst, &v, sizeof v); break; }
-      case 'f': { const float v = (float)args[i].cast<double>(); std::memcpy(dst, &v, sizeof v); break; }
-      default: TORCH_INTERNAL_ASSERT(false, "cupyfused: unknown type code ", types[i]);
-    }
-    ptrs[i] = dst;
-  }
-  const void* fn = cf_kernel_with_smem(name, smem);
-  const dim3 g(grid[0].cast<unsigned>(), grid[1].cast<unsigned>(), grid[2].cast<unsigned>());
-  const dim3 b(block[0].cast<unsigned>(), block[1].cast<unsigned>(), block[2].cast<unsigned>());
+  std::vector<void*> ptrs(args.size() / 8);
+  for (size_t i = 0; i < ptrs.size(); ++i) ptrs[i] = const_cast<char*>(args.data()) + 8 * i;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream((c10::DeviceIndex)device).stream();
-  if (cooperative)
-    C10_CUDA_CHECK(cudaLaunchCooperativeKernel(fn, g, b, ptrs.data(), (size_t)smem, stream));
-  else
-    C10_CUDA_CHECK(cudaLaunchKernel(fn, g, b, ptrs.data(), (size_t)smem, stream));
+  for (const auto& item : launches) {
+    const py::tuple ln = item.cast<py::tuple>();
+    const int64_t smem = ln[3].cast<int64_t>();
+    const void* fn = cf_kernel_with_smem(ln[0].cast<std::string>(), device, smem);
+    const dim3 g(ln[1].cast<unsigned>()), b(ln[2].cast<unsigned>());
+    if (ln[4].cast<bool>())
+      C10_CUDA_CHECK(cudaLaunchCooperativeKernel(fn, g, b, ptrs.data(), (size_t)smem, stream));
+    else
+      C10_CUDA_CHECK(cudaLaunchKernel(fn, g, b, ptrs.data(), (size_t)smem, stream));
+  }
 }
 """
 
 _DECL = (
-    "void cf_launch(const std::string& name, int64_t device, py::tuple grid, py::tuple block, int64_t smem, "
-    "bool cooperative, const std::string& types, py::list args);\n"
+    "void cf_run(int64_t device, py::tuple launches, const std::string& args);\n"
     "int64_t cf_blocks_per_sm(const std::string& name, int64_t device, int64_t threads, int64_t smem);"
 )
 
@@ -169,7 +167,7 @@ def _build(device_index: int, defines: dict, arch=None):
             name=name,
             cpp_sources=[_DECL],
             cuda_sources=[text + _GLUE.replace("@TABLE@", table)],
-            functions=["cf_launch", "cf_blocks_per_sm"],
+            functions=["cf_run", "cf_blocks_per_sm"],
             extra_cuda_cflags=list(_sources.NVCC_FLAGS),
             build_directory=str(build_dir),
             verbose=False,
@@ -192,11 +190,17 @@ def module(device_index: int, defines: dict, arch=None):
     return _modules[key]
 
 
+# Every kernel argument in an 8-byte little-endian slot, as cf_run reads them: pointer, int64, int32 / float32 in
+# the slot's first 4 bytes.
+_SLOT = {"p": "Q", "q": "q", "i": "i4x", "f": "f4x"}
+_PACK = struct.Struct("<" + "".join(_SLOT[t] for _, t in SIGNATURE))
+
+
 def launch(plan, args, device_index: int) -> None:
-    """Run the plan's kernels in order on torch's current stream of ``device_index``; args are torch tensors."""
+    """Run the plan's kernels in order on torch's current stream of ``device_index``; args are (type code, value)
+    pairs in SIGNATURE order, pointers as torch tensors on that device (the caller checked the devices)."""
     mod = module(device_index, plan.defines, ARCH)
-    types = "".join(t for t, _ in args)
-    values = [v for _, v in args]
+    packed = _PACK.pack(*[v.data_ptr() if t == "p" else v for t, v in args])
 
     def occupancy(ln):
         return mod.cf_blocks_per_sm(ln.kernel, device_index, ln.block[0], ln.smem_bytes)
@@ -204,4 +208,5 @@ def launch(plan, args, device_index: int) -> None:
     for ln in plan.launches:
         if ln.cooperative:
             plan.check_residency(ln, occupancy, build=("torch", device_index, ARCH))
-        mod.cf_launch(ln.kernel, device_index, ln.grid, ln.block, ln.smem_bytes, ln.cooperative, types, values)
+    mod.cf_run(device_index, tuple((ln.kernel, ln.grid[0], ln.block[0], ln.smem_bytes, ln.cooperative)
+                                   for ln in plan.launches), packed)  # fmt: skip

@@ -31,29 +31,52 @@ def _unavailable(backend):
     return _REASONS[backend]
 
 
+_KIND_OF_TYPE: dict = {}
+
+
 def _kind(a):
-    """'torch', 'cupy', or None for anything else (CuPy is not imported unless the object comes from it)."""
-    mod = type(a).__module__
-    if mod.startswith("torch"):
-        import torch
+    """'torch', 'cupy', or None for anything else, looked up once per type (CuPy is not imported unless the
+    object comes from it)."""
+    t = type(a)
+    kind = _KIND_OF_TYPE.get(t, False)
+    if kind is False:
+        kind = None
+        if t.__module__.startswith("torch"):
+            import torch
 
-        return "torch" if isinstance(a, torch.Tensor) else None
-    if mod.startswith("cupy"):
-        import cupy
+            kind = "torch" if issubclass(t, torch.Tensor) else None
+        elif t.__module__.startswith("cupy"):
+            import cupy
 
-        return "cupy" if isinstance(a, cupy.ndarray) else None
-    return None
+            kind = "cupy" if issubclass(t, cupy.ndarray) else None
+        _KIND_OF_TYPE[t] = kind
+    return kind
 
 
 def _device_of(a, kind):
-    """('cuda', index) or (device type, None) for a CPU tensor."""
+    """('cuda', index) or (device type, None) for a tensor off the GPU."""
     if kind == "cupy":
         return ("cuda", a.device.id)
     return (a.device.type, a.device.index if a.device.type == "cuda" else None)
 
 
+def _cuda_index(a, kind) -> int:
+    """The CUDA device index of ``a``, -1 off the GPU (the cheap form of _device_of, for the checks)."""
+    if kind == "cupy":
+        return a.device.id
+    return a.get_device() if a.is_cuda else -1
+
+
 def _dtype_name(a) -> str:
     return str(a.dtype).replace("torch.", "")
+
+
+def _is_float32(a, kind) -> bool:
+    if kind == "cupy":
+        return a.dtype.char == "f"
+    import torch
+
+    return a.dtype == torch.float32
 
 
 def _numel(a) -> int:
@@ -72,10 +95,12 @@ def _validate(x, params, num_groups, eps, backend, engine, out):
     if kind is None:
         raise TypeError(f"x must be a torch.Tensor or a cupy.ndarray; got {type(x).__name__}")
     named = dict(x=x, **params)
+    kinds = {}
     for name, a in named.items():
-        if _kind(a) is None:
+        k = kinds[name] = _kind(a)
+        if k is None:
             raise TypeError(f"{name} must be a torch.Tensor or a cupy.ndarray; got {type(a).__name__}")
-        if _dtype_name(a) != "float32":
+        if not _is_float32(a, k):
             raise TypeError(f"cupyfused computes in float32: {name} has dtype {_dtype_name(a)}")
     if x.ndim != 4:
         raise ValueError(
@@ -117,28 +142,28 @@ def _validate(x, params, num_groups, eps, backend, engine, out):
         OH, OW = H - K + 1, W - K + 1
         if _kind(out) != kind:
             raise TypeError(f"out must be the same kind of array as x ({kind}); got {type(out).__name__}")
-        if _dtype_name(out) != "float32":
+        if not _is_float32(out, kind):
             raise TypeError(f"out must be float32; got {_dtype_name(out)}")
         if tuple(int(s) for s in out.shape) != (N, C_out, OH, OW):
             raise ValueError(f"out must have shape {(N, C_out, OH, OW)}; got {tuple(out.shape)}")
         contiguous = out.is_contiguous() if kind == "torch" else out.flags.c_contiguous
         if not contiguous:
             raise ValueError("out must be C-contiguous")
-        named["out"] = out
-    dev = _device_of(x, kind)
-    if dev[0] != "cuda":
-        raise ValueError(f"x must be a CUDA tensor (on a CUDA device); got a tensor on {dev[0]}")
+        named["out"], kinds["out"] = out, kind
+    dev = _cuda_index(x, kind)
+    if dev < 0:
+        raise ValueError(f"x must be a CUDA tensor (on a CUDA device); got a tensor on {_device_of(x, kind)[0]}")
     for name, a in named.items():
-        d = _device_of(a, _kind(a))
-        if d != dev:
+        if _cuda_index(a, kinds[name]) != dev:
+            d = _device_of(a, kinds[name])
             raise ValueError(
-                f"Expected all tensors to be on the same device: x is on cuda:{dev[1]}, {name} is on "
+                f"Expected all tensors to be on the same device: x is on cuda:{dev}, {name} is on "
                 f"{d[0]}{'' if d[1] is None else f':{d[1]}'}"
             )
     reason = _unavailable(backend)
     if reason is not None:
         raise BackendUnavailableError(f"cupyfused backend {backend!r} is not available: {reason}")
-    return kind, dev[1], (N, C_in, H, W), C_out, K
+    return kind, dev, (N, C_in, H, W), C_out, K
 
 
 def fused_forward(x, conv_weight, conv_bias, bias, scale, gn_weight, gn_bias, num_groups, eps=1e-5, *,
@@ -169,16 +194,16 @@ def fused_forward(x, conv_weight, conv_bias, bias, scale, gn_weight, gn_bias, nu
     kind, dev, x_shape, C_out, K = _validate(x, params, num_groups, eps, backend, engine, out)
     N, C_in, H, W = x_shape
     out_shape = (N, C_out, H - K + 1, W - K + 1)
-    # Parameters of the other framework join x's through DLPack (zero-copy), detached from autograd.
+    # Parameters of the other framework join x's through DLPack (zero-copy).
     given, params = params, {k: _to_kind(v, kind) for k, v in params.items()}
     if kind == "torch":
-        return _run_torch_input(x.detach(), params, given, num_groups, eps, backend, engine, out, dev, out_shape, K)
+        return _run_torch_input(x, params, given, num_groups, eps, backend, engine, out, dev, out_shape, K)
     return _run_cupy_input(x, params, num_groups, eps, backend, engine, out, dev, out_shape, K)
 
 
 def _to_kind(a, kind):
     if _kind(a) == kind:
-        return a.detach() if kind == "torch" else a
+        return a
     if kind == "torch":
         import torch
 
@@ -189,46 +214,56 @@ def _to_kind(a, kind):
 
 
 def _buffers(x, params, C_out, ws, out, lib):
-    """The kernels' pointer arguments: parameters as contiguous (C_out,) vectors (a single value broadcast)."""
+    """The kernels' pointer arguments: the weight contiguous, the other parameters as C_out contiguous values
+    (each passed as it is where it already is: no copy, no new array; a single value is broadcast). ``lib``:
+    None for torch tensors, else the cupy module."""
 
-    def flat(a):
+    def vector(a):
+        if lib is None:
+            if a.numel() == C_out and a.is_contiguous():
+                return a
+            a = a.detach().reshape(-1)
+            return (a.expand(C_out) if a.shape[0] == 1 else a).contiguous()
+        if a.size == C_out and a.flags.c_contiguous:
+            return a
         a = a.reshape(-1)
-        if a.shape[0] == 1 and C_out != 1:
-            a = a.expand(C_out) if lib is None else lib.broadcast_to(a, (C_out,))
-        return a.contiguous() if lib is None else lib.ascontiguousarray(a)
+        return lib.ascontiguousarray(lib.broadcast_to(a, (C_out,)) if a.shape[0] == 1 else a)
 
     w = params["conv_weight"]
-    w = w.contiguous() if lib is None else lib.ascontiguousarray(w)
-    return dict(x=x, w=w, conv_b=flat(params["conv_bias"]), bias=flat(params["bias"]), scale=flat(params["scale"]),
-                gamma=flat(params["gn_weight"]), beta=flat(params["gn_bias"]), partials=ws, out=out)  # fmt: skip
+    if lib is None:
+        w = w if w.is_contiguous() else w.detach().contiguous()
+    else:
+        w = lib.ascontiguousarray(w)
+    return dict(x=x, w=w, conv_b=vector(params["conv_bias"]), bias=vector(params["bias"]),
+                scale=vector(params["scale"]), gamma=vector(params["gn_weight"]), beta=vector(params["gn_bias"]),
+                partials=ws, out=out)  # fmt: skip
 
 
 def _run_torch_input(x, params, given, G, eps, backend, engine, out, dev, out_shape, K):
-    """torch x on either backend. ``params``: the parameters as detached torch tensors; ``given``: as passed in."""
+    """torch x on either backend. ``params``: the parameters as torch tensors; ``given``: as passed in."""
     import torch
 
-    device = torch.device("cuda", dev)
     if out is None:
-        out = torch.empty(out_shape, dtype=torch.float32, device=device)
+        out = torch.empty(out_shape, dtype=torch.float32, device=x.device)
     if out.numel() == 0:
         return out
     plan = _plan(x.shape, out_shape[1], K, G, _device_info("torch", dev), engine, eps)
-    with torch.cuda.device(dev):
-        if backend == "torch":
-            ws = torch.empty(plan.workspace_shape, dtype=torch.float64, device=device)
-            bufs = _buffers(x, params, out_shape[1], ws, out, None)
-            _torch_backend.launch(plan, plan.args(bufs, x.stride()), dev)
-            return out
-        import cupy
+    if backend == "torch":  # the extension launches under its own device guard on torch's current stream
+        ws = torch.empty(plan.workspace_shape, dtype=torch.float64, device=x.device)
+        bufs = _buffers(x, params, out_shape[1], ws, out, None)
+        _torch_backend.launch(plan, plan.args(bufs, x.stride()), dev)
+        return out
+    import cupy
 
-        # torch tensors reach CuPy through DLPack (zero-copy) inside torch's current stream, so no extra sync.
-        stream = _cupy_backend.external_stream(torch.cuda.current_stream(device), dev)
+    with torch.cuda.device(dev):
+        # torch tensors reach CuPy through DLPack (zero-copy) on torch's current stream, so no extra sync.
+        stream = _cupy_backend.external_stream(torch.cuda.current_stream(dev), dev)
         with cupy.cuda.Device(dev), stream:
-            xc, outc = cupy.from_dlpack(x), cupy.from_dlpack(out)
+            xc, outc = _cupy_backend.view(x), _cupy_backend.view(out)
             pc = {k: given[k] if _kind(given[k]) == "cupy" else _param_view(given[k], params[k]) for k in params}
             if torch.cuda.is_current_stream_capturing():
                 # CuPy's pool cannot allocate while torch captures the stream; torch's allocator can.
-                ws = cupy.from_dlpack(torch.empty(plan.workspace_shape, dtype=torch.float64, device=device))
+                ws = _cupy_backend.view(torch.empty(plan.workspace_shape, dtype=torch.float64, device=x.device))
             else:
                 ws = cupy.empty(plan.workspace_shape, dtype=cupy.float64)  # less host time than the above
             bufs = _buffers(xc, pc, out_shape[1], ws, outc, cupy)
@@ -248,15 +283,13 @@ def _forget(k, ref):
         del _PARAM_VIEWS[k]
 
 
-def _param_view(given, detached):
-    """The CuPy view of ``detached``, cached under the tensor object the caller passed (``given``)."""
-    import cupy
-
-    key = (detached.data_ptr(), tuple(detached.shape), tuple(detached.stride()), detached.device.index)
+def _param_view(given, tensor):
+    """The CuPy view of ``tensor`` (the torch form of ``given``), cached under the object the caller passed."""
+    key = (tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()), tensor.device.index)
     hit = _PARAM_VIEWS.get(id(given))
     if hit is not None and hit[0]() is given and hit[1] == key:
         return hit[2]
-    view = cupy.from_dlpack(detached)
+    view = _cupy_backend.view(tensor)
     k = id(given)
     _PARAM_VIEWS[k] = (weakref.ref(given, lambda r, k=k: _forget(k, r)), key, view)
     return view
@@ -300,7 +333,7 @@ _PLANS: dict = {}
 def _plan(x_shape, C_out, K, G, info, engine, eps):
     """make_plan, memoized per process (a plan is a pure function of its arguments; planning costs more host
     time than a small launch)."""
-    key = (make_plan, tuple(int(v) for v in x_shape), C_out, K, G, info, engine, float(eps))
+    key = (make_plan, tuple(x_shape), C_out, K, G, info, engine, eps)
     plan = _PLANS.get(key)
     if plan is None:
         if len(_PLANS) >= 1024:

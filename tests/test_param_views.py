@@ -1,10 +1,8 @@
 """CPU: the cupy backend's cache of DLPack views of torch parameters (ops._param_view), with a stand-in for
-cupy.from_dlpack: a view is reused while the same tensor object points at the same memory, made anew after
-.data is swapped, and dropped when the tensor is."""
+the DLPack conversion (_cupy_backend.view): a view is reused while the same tensor object points at the same
+memory, made anew after .data is swapped, and dropped when the tensor is."""
 
 import gc
-import sys
-import types
 
 import torch
 
@@ -12,9 +10,7 @@ from cupyfused import ops
 
 
 def test_param_view_cache(monkeypatch):
-    fake = types.ModuleType("cupy")
-    fake.from_dlpack = lambda t: ("view of", t.data_ptr(), tuple(t.shape))
-    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(ops._cupy_backend, "view", lambda t: ("view of", t.data_ptr(), tuple(t.shape)))
     monkeypatch.setattr(ops, "_PARAM_VIEWS", {})
     w = torch.nn.Parameter(torch.rand(32, 8, 3, 3))
     b = torch.rand(32)
