@@ -3,13 +3,16 @@
 // Compile-time parameters (a generated `#define` prefix; cupyfused/plan.py is the only place that sets them):
 //   CF_WARPS  warps per block. Warp w owns output row (tile_row0 + w), so a tile is CF_WARPS rows high.
 //   CF_MT     m16 mma tiles per warp along its row, so a tile is 16 * CF_MT columns wide.
-// Fixed by the code: 32 output channels per chunk (four n8 mma tiles), 8 input channels per k-step.
+//   CF_NT     n8 mma tiles per output-channel chunk, 2 or 4: a chunk is CF_CW = 8 * CF_NT channels wide (the plan
+//             takes 2 where C_out <= 16, so that such shapes spend no mma, sigmoid or statistics work on a second
+//             16 channels of padding; else 4).
+// Fixed by the code: 8 input channels per k-step.
 //
 // Both compilers (NVRTC through cupy.RawModule, nvcc through torch's load_inline) get this exact text and the
 // same flag set (cupyfused/_sources.py); the two builds are bitwise identical.
 //
 // Two schedules, each over tiles of CF_WARPS output rows x CF_TW columns, all output channels of a tile in
-// 32-channel chunks; a "unit" is one (tile, chunk):
+// CF_CW-channel chunks; a "unit" is one (tile, chunk):
 //
 //   Single pass, cf_fused_mma (the fast path): a persistent, cooperatively launched grid of `teams` teams of
 //   `slots` blocks. Team j handles samples j, j + teams, ...; for each, block `rank` computes conv -> sigmoid
@@ -53,6 +56,19 @@
 #ifndef CF_MT
 #error "CF_MT must be defined by the launch plan"
 #endif
+#ifndef CF_NT
+#error "CF_NT must be defined by the launch plan"
+#endif
+// CF_NT is even (two n-tiles share each 16-byte weight fragment load) and at most 4 (the statistics give each
+// channel of a chunk one lane of a warp).
+#if CF_NT == 4
+#define CF_CW_LOG2 5
+#elif CF_NT == 2
+#define CF_CW_LOG2 4
+#else
+#error "CF_NT must be 2 or 4"
+#endif
+#define CF_CW (8 * CF_NT)  // output channels per chunk, 1 << CF_CW_LOG2
 
 #define CF_THREADS (CF_WARPS * 32)
 #ifndef CF_MIN_BLOCKS  // mma kernels: 3 blocks (12 warps) per SM, so up to 168 registers a thread (plan.py:
@@ -68,10 +84,12 @@ typedef unsigned int cf_u32;
 //   [.., off_ch)       (mean, rstd) per group of the sample being normalized, float64 [G][2]
 //   [off_ch, +6*Cout)  per channel: (conv.bias + bias) * sl, sl = -scale * log2(e); group mean, gamma * rstd, beta,
 //                      gamma
-//   [off_red, +2*CF_WARPS*32) stats: per-warp scratch, channel totals then group means of a chunk
+//   [off_red, +2*CF_WARPS*32) stats: per-warp scratch, channel totals then group means of a chunk (32 words
+//                      each, the first CF_CW used)
 //   [off_xs, +32*in_hs) mma: input tile, in_ps pixels x 8 channels, big then small (cf_stage_input);
 //                      in_hs = (in_ps + 1) / 2
-//   [off_ws, +512*K*K)  mma: weights of one (32 out x 8 in) chunk, fragment order, big then small
+//   [off_ws, +16*CF_CW*K*K) mma: weights of one (CF_CW out x 8 in) chunk, fragment order, big then small
+//                      (8 * CF_CW words per (p, q) each)
 struct CfArgs {
   const float* x;
   long long sxn, sxc, sxh, sxw;  // element strides of x (any layout)
@@ -115,11 +133,11 @@ __device__ __forceinline__ void cf_split(float x, cf_u32& big, cf_u32& small) {
   small = cf_tf32(__fsub_rn(x, __uint_as_float(big)));
 }
 
-__device__ __forceinline__ void cf_zero_acc(float (&acc)[CF_MT][4][4]) {
+__device__ __forceinline__ void cf_zero_acc(float (&acc)[CF_MT][CF_NT][4]) {
 #pragma unroll
   for (int mt = 0; mt < CF_MT; ++mt)
 #pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
+    for (int nt = 0; nt < CF_NT; ++nt)
 #pragma unroll
       for (int r = 0; r < 4; ++r) acc[mt][nt][r] = 0.0f;
 }
@@ -204,24 +222,27 @@ __device__ __forceinline__ void cf_stage_input(const CfArgs& a, cf_u32* xs, int 
   }
 }
 
-// Weights of output channels co0 .. co0 + 31 and input channels ci0 .. ci0 + 7, for every (p, q), in fragment
-// order: word pq * 256 + half * 128 + lane * 4 + k holds n-tile (2 * half + (k >> 1)), b(k & 1) of that lane,
-// so each lane reads its B fragments of all four n-tiles with two conflict-free 16-byte loads.
+// Weights of output channels co0 .. co0 + CF_CW - 1 and input channels ci0 .. ci0 + 7, for every (p, q), in
+// fragment order: 8 * CF_CW words per (p, q), of which word pq * 8 * CF_CW + half * 128 + lane * 4 + k
+// (half < CF_NT / 2) holds n-tile (2 * half + (k >> 1)), b(k & 1) of that lane, so each lane reads its B
+// fragments of all CF_NT n-tiles with CF_NT / 2 conflict-free 16-byte loads. Big parts at ws, small parts
+// 8 * CF_CW * K * K words further.
 __device__ __forceinline__ void cf_stage_weights(const CfArgs& a, cf_u32* ws, int co0, int ci0) {
   const int kk = a.K * a.K;
-  for (int idx = threadIdx.x; idx < 256 * kk; idx += CF_THREADS) {
-    const int pq = idx >> 8, half = (idx >> 7) & 1, lane = (idx >> 2) & 31, k = idx & 3;
+  for (int idx = threadIdx.x; idx < 8 * CF_CW * kk; idx += CF_THREADS) {
+    const int pq = idx >> (CF_CW_LOG2 + 3), half = (idx >> 7) & (CF_NT / 2 - 1), lane = (idx >> 2) & 31,
+              k = idx & 3;
     const int nt = 2 * half + (k >> 1), b = k & 1;
     const int o = co0 + nt * 8 + (lane >> 2), c = ci0 + (lane & 3) + 4 * b;
     float v = 0.0f;
     if (o < a.Cout && c < a.Cin) v = a.w[((long long)o * a.Cin + c) * kk + pq];
-    cf_split(v, ws[idx], ws[256 * kk + idx]);
+    cf_split(v, ws[idx], ws[8 * CF_CW * kk + idx]);
   }
 }
 
 // staged: the tile's input (C_in <= 8: one chunk) is already in xs, published by a barrier (cf_body stages the
 // next sample's first tile while its team's statistics are being exchanged).
-__device__ __forceinline__ void cf_conv_mma(const CfArgs& a, float (&acc)[CF_MT][4][4], cf_u32* xs, cf_u32* ws,
+__device__ __forceinline__ void cf_conv_mma(const CfArgs& a, float (&acc)[CF_MT][CF_NT][4], cf_u32* xs, cf_u32* ws,
                                             int n, int co, int r0, int c0, bool staged) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int kk = a.K * a.K, n_ci = (a.Cin + 7) >> 3;
@@ -232,7 +253,7 @@ __device__ __forceinline__ void cf_conv_mma(const CfArgs& a, float (&acc)[CF_MT]
     if (stage_x || !a.wres) {
       __syncthreads();  // every warp is done reading the previous tile / chunk
       if (stage_x) cf_stage_input(a, xs, n, ci * 8, r0, c0);
-      if (!a.wres) cf_stage_weights(a, ws, co * 32, ci * 8);
+      if (!a.wres) cf_stage_weights(a, ws, co * CF_CW, ci * 8);
       __syncthreads();
     }
     if (ci == 0) cf_zero_acc(acc);  // zeroed only now: the staging above has the registers to itself
@@ -244,11 +265,20 @@ __device__ __forceinline__ void cf_conv_mma(const CfArgs& a, float (&acc)[CF_MT]
     for (int p = 0; p < a.K; ++p) {
       for (int q = 0; q < a.K; ++q) {
         const int pq = p * a.K + q;
-        const uint4* wb = reinterpret_cast<const uint4*>(ws + pq * 256) + lane;
-        const uint4* wsm = reinterpret_cast<const uint4*>(ws + 256 * kk + pq * 256) + lane;
-        const uint4 bb0 = wb[0], bb1 = wb[32], bs0 = wsm[0], bs1 = wsm[32];
-        const cf_u32 bbig[4][2] = {{bb0.x, bb0.y}, {bb0.z, bb0.w}, {bb1.x, bb1.y}, {bb1.z, bb1.w}};
-        const cf_u32 bsml[4][2] = {{bs0.x, bs0.y}, {bs0.z, bs0.w}, {bs1.x, bs1.y}, {bs1.z, bs1.w}};
+        const uint4* wb = reinterpret_cast<const uint4*>(ws + pq * 8 * CF_CW) + lane;
+        const uint4* wsm = reinterpret_cast<const uint4*>(ws + 8 * CF_CW * kk + pq * 8 * CF_CW) + lane;
+        uint4 bb[CF_NT / 2], bs[CF_NT / 2];  // [half]: n-tiles 2 * half (x, y) and 2 * half + 1 (z, w)
+#pragma unroll
+        for (int h = 0; h < CF_NT / 2; ++h) bb[h] = wb[32 * h];
+#pragma unroll
+        for (int h = 0; h < CF_NT / 2; ++h) bs[h] = wsm[32 * h];
+        cf_u32 bbig[CF_NT][2], bsml[CF_NT][2];
+#pragma unroll
+        for (int nt = 0; nt < CF_NT; ++nt) {
+          const uint4 g = bb[nt >> 1], t = bs[nt >> 1];
+          bbig[nt][0] = (nt & 1) ? g.z : g.x, bbig[nt][1] = (nt & 1) ? g.w : g.y;
+          bsml[nt][0] = (nt & 1) ? t.z : t.x, bsml[nt][1] = (nt & 1) ? t.w : t.y;
+        }
         // m16 tile mt starts 16 pixels (8 slots, swizzle unchanged) = 256 bytes after tile 0.
         const cf_u32 row_addr = xs_base + 4u * cf_px_word((warp + p) * a.in_rs + q + lp, lhalf, hs);
 #pragma unroll
@@ -258,11 +288,11 @@ __device__ __forceinline__ void cf_conv_mma(const CfArgs& a, float (&acc)[CF_MT]
           cf_ldmatrix_x4(as, row_addr + small + 256u * mt);
           // Small products first, the big one last (the order 3xTF32 needs).
 #pragma unroll
-          for (int nt = 0; nt < 4; ++nt) cf_mma(acc[mt][nt], as[0], as[1], as[2], as[3], bbig[nt][0], bbig[nt][1]);
+          for (int nt = 0; nt < CF_NT; ++nt) cf_mma(acc[mt][nt], as[0], as[1], as[2], as[3], bbig[nt][0], bbig[nt][1]);
 #pragma unroll
-          for (int nt = 0; nt < 4; ++nt) cf_mma(acc[mt][nt], ab[0], ab[1], ab[2], ab[3], bsml[nt][0], bsml[nt][1]);
+          for (int nt = 0; nt < CF_NT; ++nt) cf_mma(acc[mt][nt], ab[0], ab[1], ab[2], ab[3], bsml[nt][0], bsml[nt][1]);
 #pragma unroll
-          for (int nt = 0; nt < 4; ++nt) cf_mma(acc[mt][nt], ab[0], ab[1], ab[2], ab[3], bbig[nt][0], bbig[nt][1]);
+          for (int nt = 0; nt < CF_NT; ++nt) cf_mma(acc[mt][nt], ab[0], ab[1], ab[2], ab[3], bbig[nt][0], bbig[nt][1]);
         }
       }
     }
@@ -273,7 +303,7 @@ __device__ __forceinline__ void cf_conv_mma(const CfArgs& a, float (&acc)[CF_MT]
 // direct engine: FP32 FMA from global memory, same fragment positions as the mma engine
 // ---------------------------------------------------------------------------------------------------------
 
-__device__ __forceinline__ void cf_conv_direct(const CfArgs& a, float (&acc)[CF_MT][4][4], int n, int co, int r0,
+__device__ __forceinline__ void cf_conv_direct(const CfArgs& a, float (&acc)[CF_MT][CF_NT][4], int n, int co, int r0,
                                                int c0) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
   const int row = r0 + warp, kk = a.K * a.K;
@@ -281,7 +311,7 @@ __device__ __forceinline__ void cf_conv_direct(const CfArgs& a, float (&acc)[CF_
   for (int c = 0; c < a.Cin; ++c) {
     for (int p = 0; p < a.K; ++p) {
       for (int q = 0; q < a.K; ++q) {
-        float xv[CF_MT][2], wv[4][2];
+        float xv[CF_MT][2], wv[CF_NT][2];
 #pragma unroll
         for (int mt = 0; mt < CF_MT; ++mt)
 #pragma unroll
@@ -292,16 +322,16 @@ __device__ __forceinline__ void cf_conv_direct(const CfArgs& a, float (&acc)[CF_
                             : 0.0f;
           }
 #pragma unroll
-        for (int nt = 0; nt < 4; ++nt)
+        for (int nt = 0; nt < CF_NT; ++nt)
 #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            const int o = co * 32 + nt * 8 + 2 * tig + j;
+            const int o = co * CF_CW + nt * 8 + 2 * tig + j;
             wv[nt][j] = o < a.Cout ? a.w[((long long)o * a.Cin + c) * kk + p * a.K + q] : 0.0f;
           }
 #pragma unroll
         for (int mt = 0; mt < CF_MT; ++mt)
 #pragma unroll
-          for (int nt = 0; nt < 4; ++nt)
+          for (int nt = 0; nt < CF_NT; ++nt)
 #pragma unroll
             for (int r = 0; r < 4; ++r) acc[mt][nt][r] = fmaf(xv[mt][r >> 1], wv[nt][r & 1], acc[mt][nt][r]);
       }
@@ -338,7 +368,7 @@ struct CfSmem {
   double* wacc;   // this warp's part of it
   double* gstat;  // (mean, rstd) per group of the sample being normalized, [G][2]
   float *ch_cb, *ch_sc, *ch_mean, *ch_a, *ch_b, *ch_g;  // (conv.bias + bias) * sl, sl = -scale * log2(e), ...
-  float *wred, *wmean;  // this warp's scratch: channel totals [32] and group means [32] of a chunk
+  float *wred, *wmean;  // this warp's scratch: channel totals [32] and group means [32] of a chunk (CF_CW used)
   cf_u32 *xs, *ws;
 };
 
@@ -383,10 +413,10 @@ __device__ __forceinline__ CfTile cf_tile(const CfArgs& a, int t) {
 __device__ __forceinline__ int cf_lane_col(const CfTile& u) { return u.c0 + 2 * ((threadIdx.x & 31) >> 2); }
 __device__ __forceinline__ int cf_lane_lim(const CfArgs& a, const CfTile& u) { return a.OW - cf_lane_col(u); }
 
-// conv -> + bias -> * scale -> sigmoid of one unit (tile, 32-channel chunk co) into acc.
+// conv -> + bias -> * scale -> sigmoid of one unit (tile, CF_CW-channel chunk co) into acc.
 template <int ENGINE>
-__device__ __forceinline__ void cf_compute(const CfArgs& a, const CfSmem& s, float (&acc)[CF_MT][4][4], int n, int co,
-                                           const CfTile& u, bool staged = false) {
+__device__ __forceinline__ void cf_compute(const CfArgs& a, const CfSmem& s, float (&acc)[CF_MT][CF_NT][4], int n,
+                                           int co, const CfTile& u, bool staged = false) {
   const int tig = threadIdx.x & 3;
   if (ENGINE == CF_ENGINE_MMA) {
     cf_conv_mma(a, acc, s.xs, s.ws, n, co, u.r0, u.c0, staged);
@@ -395,10 +425,10 @@ __device__ __forceinline__ void cf_compute(const CfArgs& a, const CfSmem& s, flo
     cf_conv_direct(a, acc, n, co, u.r0, u.c0);
   }
 #pragma unroll
-  for (int nt = 0; nt < 4; ++nt)
+  for (int nt = 0; nt < CF_NT; ++nt)
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
-      const int o = co * 32 + nt * 8 + 2 * tig + j;
+      const int o = co * CF_CW + nt * 8 + 2 * tig + j;
       const bool ok = o < a.Cout;
       const float cb = ok ? s.ch_cb[o] : 0.0f, sc = ok ? s.ch_sc[o] : 0.0f;
 #pragma unroll
@@ -409,11 +439,11 @@ __device__ __forceinline__ void cf_compute(const CfArgs& a, const CfSmem& s, flo
 }
 
 // Per-channel sums over the warp's pixels: each lane sums its own, then the butterfly over the 8 lanes that
-// share tig gives each of them the same bits. Lanes 0..3 store them in the warp's row wred[32].
-__device__ __forceinline__ void cf_warp_channel_sums(float (&s)[4][2], float* wred) {
+// share tig gives each of them the same bits. Lanes 0..3 store them in the warp's row wred[0 .. CF_CW).
+__device__ __forceinline__ void cf_warp_channel_sums(float (&s)[CF_NT][2], float* wred) {
   const int lane = threadIdx.x & 31, tig = lane & 3;
 #pragma unroll
-  for (int nt = 0; nt < 4; ++nt)
+  for (int nt = 0; nt < CF_NT; ++nt)
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       float v = s[nt][j];
@@ -428,14 +458,14 @@ __device__ __forceinline__ void cf_warp_channel_sums(float (&s)[4][2], float* wr
 // Statistics of the warp's row of one unit per group, in two sweeps over the registers: the group mean first,
 // then M2 about it (no E[x^2] - E[x]^2 cancellation), merged into the warp's running values. Warp-local: only
 // __syncwarp, no block barrier.
-__device__ __forceinline__ void cf_unit_stats(const CfArgs& a, const CfSmem& s, const float (&acc)[CF_MT][4][4],
+__device__ __forceinline__ void cf_unit_stats(const CfArgs& a, const CfSmem& s, const float (&acc)[CF_MT][CF_NT][4],
                                               int co, const CfTile& u) {
   if (!u.row_ok) return;
   const int lane = threadIdx.x & 31, tig = lane & 3, cpg = a.Cout / a.G;
   const int lim = cf_lane_lim(a, u);
-  float sum[4][2];
+  float sum[CF_NT][2];
 #pragma unroll
-  for (int nt = 0; nt < 4; ++nt)
+  for (int nt = 0; nt < CF_NT; ++nt)
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       float t = 0.0f;
@@ -448,20 +478,21 @@ __device__ __forceinline__ void cf_unit_stats(const CfArgs& a, const CfSmem& s, 
     }
   cf_warp_channel_sums(sum, s.wred);
 
-  // Lane c stands for channel co * 32 + c: its group and the group's channel range inside this chunk.
-  const int o = co * 32 + lane;
+  // Lane c < CF_CW stands for channel co * CF_CW + c: its group and the group's channel range inside this chunk
+  // (lanes CF_CW and up are idle).
+  const int o = co * CF_CW + lane;
   int grp = 0, lo = 0, hi = 0;
-  if (o < a.Cout) {
+  if (lane < CF_CW && o < a.Cout) {
     grp = o / cpg;
-    lo = max(grp * cpg, co * 32);
-    hi = min(min((grp + 1) * cpg, co * 32 + 32), a.Cout);
+    lo = max(grp * cpg, co * CF_CW);
+    hi = min(min((grp + 1) * cpg, co * CF_CW + CF_CW), a.Cout);
     float t = 0.0f;
-    for (int k = lo; k < hi; ++k) t = __fadd_rn(t, s.wred[k - co * 32]);
+    for (int k = lo; k < hi; ++k) t = __fadd_rn(t, s.wred[k - co * CF_CW]);
     s.wmean[lane] = __fdiv_rn(t, (float)(u.npix * (hi - lo)));
   }
   __syncwarp();
 #pragma unroll
-  for (int nt = 0; nt < 4; ++nt)
+  for (int nt = 0; nt < CF_NT; ++nt)
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       const float m = s.wmean[nt * 8 + 2 * tig + j];
@@ -477,9 +508,9 @@ __device__ __forceinline__ void cf_unit_stats(const CfArgs& a, const CfSmem& s, 
       sum[nt][j] = t;
     }
   cf_warp_channel_sums(sum, s.wred);
-  if (o < a.Cout && o == lo) {
+  if (lane < CF_CW && o < a.Cout && o == lo) {
     float t = 0.0f;
-    for (int k = lo; k < hi; ++k) t = __fadd_rn(t, s.wred[k - co * 32]);
+    for (int k = lo; k < hi; ++k) t = __fadd_rn(t, s.wred[k - co * CF_CW]);
     cf_add_part(s.wacc + 2 * grp, (double)u.npix * (hi - lo), s.wmean[lane], t);
   }
   __syncwarp();  // wred / wmean are rewritten by the next unit
@@ -530,9 +561,9 @@ __device__ __forceinline__ float* cf_lane_row(const CfArgs& a, int n, int o, con
 }
 
 // Reads channel slice (nt, j) of a parked unit (tile u, chunk co) back into acc: the elements this thread wrote.
-__device__ __forceinline__ void cf_unpark_slice(const CfArgs& a, float (&acc)[CF_MT][4][4], int n, int co,
+__device__ __forceinline__ void cf_unpark_slice(const CfArgs& a, float (&acc)[CF_MT][CF_NT][4], int n, int co,
                                                 const CfTile& u, int nt, int j) {
-  const float* orow = cf_lane_row(a, n, co * 32 + nt * 8 + 2 * (threadIdx.x & 3) + j, u);
+  const float* orow = cf_lane_row(a, n, co * CF_CW + nt * 8 + 2 * (threadIdx.x & 3) + j, u);
   const int lim = cf_lane_lim(a, u);
 #pragma unroll
   for (int mt = 0; mt < CF_MT; ++mt) {
@@ -548,7 +579,7 @@ __device__ __forceinline__ void cf_unpark_slice(const CfArgs& a, float (&acc)[CF
 // slice, once written, is refilled with the same slice of the parked unit (tile nu, chunk nco), so that those
 // loads' latency overlaps the rest of the stores.
 template <int HOW, bool SWAP = false>
-__device__ __forceinline__ void cf_unit_store(const CfArgs& a, const CfSmem& s, float (&acc)[CF_MT][4][4], int n,
+__device__ __forceinline__ void cf_unit_store(const CfArgs& a, const CfSmem& s, float (&acc)[CF_MT][CF_NT][4], int n,
                                               int co, const CfTile& u, int nco = 0, const CfTile* nu = nullptr) {
   if (!SWAP && !u.row_ok) return;
   const int tig = threadIdx.x & 3;
@@ -556,10 +587,10 @@ __device__ __forceinline__ void cf_unit_store(const CfArgs& a, const CfSmem& s, 
   const bool pairs = cf_pairs(a);
   const unsigned long long policy = cf_l2_policy<HOW>();
 #pragma unroll
-  for (int nt = 0; nt < 4; ++nt)
+  for (int nt = 0; nt < CF_NT; ++nt)
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
-      const int o = co * 32 + nt * 8 + 2 * tig + j;
+      const int o = co * CF_CW + nt * 8 + 2 * tig + j;
       float* orow = cf_lane_row(a, n, o, u);
       if (orow != nullptr) {
         float m = 0.0f, sa = 0.0f, sb = 0.0f;
@@ -649,7 +680,7 @@ template <int ENGINE, int MODE>
 __device__ __forceinline__ void cf_body(const CfArgs& a) {
   extern __shared__ __align__(16) unsigned char cf_smem[];
   const CfSmem s = cf_smem_views(a, cf_smem);
-  const int n_co = (a.Cout + 31) >> 5, tiles = a.tiles_w * a.tiles_h;
+  const int n_co = (a.Cout + CF_CW - 1) >> CF_CW_LOG2, tiles = a.tiles_w * a.tiles_h;
 
   for (int o = threadIdx.x; o < a.Cout; o += CF_THREADS) {
     const float sl = __fmul_rn(a.scale[o], -1.4426950408889634f);
@@ -671,7 +702,7 @@ __device__ __forceinline__ void cf_body(const CfArgs& a) {
     for (int t = slot; t < tiles; t += a.slots) {
       const CfTile u = cf_tile(a, t);
       for (int co = 0; co < n_co; ++co) {
-        float acc[CF_MT][4][4];
+        float acc[CF_MT][CF_NT][4];
         cf_compute<ENGINE>(a, s, acc, n, co, u);
         if (MODE == CF_NORM)
           cf_unit_store<CF_NORMALIZE>(a, s, acc, n, co, u);
@@ -693,7 +724,7 @@ __device__ __forceinline__ void cf_body(const CfArgs& a) {
   const bool prestage = a.Cin <= 8;
   bool staged = false;
   for (int n = team; n < a.N; n += a.teams) {
-    float acc[CF_MT][4][4];  // after the loop: the last unit, held in registers across the statistics exchange
+    float acc[CF_MT][CF_NT][4];  // after the loop: the last unit, held in registers across the statistics exchange
     for (int t = rank; t < tiles; t += a.slots) {
       const CfTile u = cf_tile(a, t);
       for (int co = 0; co < n_co; ++co) {
@@ -767,8 +798,8 @@ extern "C" __global__ void __launch_bounds__(CF_THREADS, CF_MIN_BLOCKS) cf_norm_
   const CfArgs a = CF_ARGS;
   cf_body<CF_ENGINE_MMA, CF_NORM>(a);
 }
-// The fallback engine keeps its 64 accumulators plus 16 operands per step; one block per SM lets it do so
-// without spilling.
+// The fallback engine keeps its 4 * CF_MT * CF_NT accumulators (64 by default) plus 2 * (CF_MT + CF_NT) operands
+// per step; one block per SM lets it do so without spilling.
 extern "C" __global__ void __launch_bounds__(CF_THREADS, 1) cf_stats_direct(CF_PARAMS) {
   const CfArgs a = CF_ARGS;
   cf_body<CF_ENGINE_DIRECT, CF_STATS>(a);

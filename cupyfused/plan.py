@@ -12,9 +12,12 @@ Engines (``engine="auto"`` picks the first that applies):
   very large images.
 - ``"direct"``: the same two passes with an FP32 FMA conv from global memory, any shape.
 
-The mma tile (8 channels x (4 + K - 1) x (64 + K - 1) input pixels and one 32 x 8 x K x K weight chunk, both split
-into two TF32 halves) must fit in one block's shared memory: up to K = 7 on an A100, K = 9 on an H100 and K = 5
-on GPUs with 99 KiB per block (sm_86, sm_89). A fallback is announced once per shape class with a
+The output channels are computed in chunks of 32 (``CF_NT`` = 4 n8 mma tiles), or of 16 where C_out <= 16
+(``CF_NT`` = 2; :func:`make_plan` puts the choice in :attr:`Plan.defines`, and sizes shared memory to match).
+The mma tile (8 channels x (4 + K - 1) x (64 + K - 1) input pixels and one CW x 8 x K x K weight chunk, CW the
+chunk width, both split into two TF32 halves) must fit in one block's shared memory: with 32-channel chunks up
+to K = 7 on an A100, K = 9 on an H100 and K = 5 on GPUs with 99 KiB per block (sm_86, sm_89); with 16-channel
+chunks up to K = 10, 12 and 7. A fallback is announced once per shape class with a
 :class:`PerformanceWarning` and always named by :meth:`Plan.describe`.
 """
 
@@ -27,7 +30,9 @@ import warnings
 # Compile-time constants of cuda_src/cupyfused.cu (documented at its top).
 WARPS = 4  # warps per block = output rows per tile (4 beat 8 by 4% on an H100: bench/NOTES.md step f)
 MT = 4  # m16 mma tiles per warp = 64 output columns per tile
-DEFAULT_DEFINES = {"CF_WARPS": WARPS, "CF_MT": MT}
+NT = 4  # n8 mma tiles per output-channel chunk = 32 channels per chunk
+NT_NARROW = 2  # make_plan's choice where C_out <= 8 * NT_NARROW: 16-channel chunks, no work on padding channels
+DEFAULT_DEFINES = {"CF_WARPS": WARPS, "CF_MT": MT, "CF_NT": NT}
 TILE_H, TILE_W = WARPS, 16 * MT
 THREADS = 32 * WARPS
 MMA_BLOCKS_PER_SM = 3  # cuda_src: CF_MIN_BLOCKS, the register budget of the mma kernels (168 a thread)
@@ -176,6 +181,11 @@ class Plan:
         return self.main.smem_bytes
 
     @property
+    def chunk_width(self) -> int:
+        """Output channels per chunk in the kernels' build (8 * CF_NT)."""
+        return 8 * self.defines["CF_NT"]
+
+    @property
     def workspace_bytes(self) -> int:
         return 8 * math.prod(self.workspace_shape)
 
@@ -210,6 +220,8 @@ class Plan:
             "mma": "two passes, 3xTF32 tensor-core conv",
             "direct": "two passes, FP32 FMA conv (fallback)",
         }[self.engine]
+        if self.chunk_width != 8 * NT:
+            conv += f", {self.chunk_width}-channel chunks"  # which kernel build runs
         if self.engine == "fused":
             layout = (f"{self.teams} team(s) x {self.slots} blocks resident, {self.tiles_per_block} tile(s) per "
                       "block and sample")  # fmt: skip
@@ -249,6 +261,12 @@ def _warn_once(key, message):
         warnings.warn(message, PerformanceWarning, stacklevel=4)
 
 
+def build_variants() -> tuple:
+    """Every set of compile-time constants :func:`make_plan` can put in :attr:`Plan.defines`, default first (the
+    compile checks build each)."""
+    return tuple(dict(DEFAULT_DEFINES, CF_NT=nt) for nt in (NT, NT_NARROW))
+
+
 def make_plan(x_shape, C_out: int, K: int, G: int, device: DeviceInfo, engine: str = "auto",
               eps: float = 1e-5, tiles_per_block=None) -> Plan:  # fmt: skip
     """Plan the launches for input shape ``x_shape`` = (N, C_in, H, W). Shapes are validated by the caller.
@@ -260,6 +278,11 @@ def make_plan(x_shape, C_out: int, K: int, G: int, device: DeviceInfo, engine: s
     tiles_w, tiles_h = -(-OW // TILE_W), -(-OH // TILE_H)
     tiles = tiles_w * tiles_h
 
+    # Output channels per chunk: 16 (CF_NT = 2) where they cover C_out, so that no mma, sigmoid or statistics work
+    # is spent on padding channels; else 32. Chosen here because the weights' shared memory is sized by it.
+    nt = NT_NARROW if C_out <= 8 * NT_NARROW else NT
+    cw = 8 * nt
+
     # Shared memory, in 4-byte words (layout: cuda_src/cupyfused.cu, CfArgs).
     in_rs = TILE_W + K - 1
     in_ps = (TILE_H + K - 1) * in_rs  # pixels of the input tile
@@ -267,7 +290,7 @@ def make_plan(x_shape, C_out: int, K: int, G: int, device: DeviceInfo, engine: s
     off_red = off_ch + 6 * C_out
     off_xs = _align4(off_red + 2 * WARPS * 32)
     off_ws = _align4(off_xs + 32 * (-(-in_ps // 2)))  # even and odd pixels in separate halves
-    mma_words = off_ws + 512 * K * K
+    mma_words = off_ws + 16 * cw * K * K  # one cw x 8 x K x K weight chunk, big and small parts
     mma_fits = 4 * mma_words <= device.smem_optin
     if engine in ("fused", "mma") and not mma_fits:
         raise ValueError(
@@ -327,7 +350,7 @@ def make_plan(x_shape, C_out: int, K: int, G: int, device: DeviceInfo, engine: s
         workspace = (N, G, slots, 2)
         launches = tuple(Launch(name, (N * slots, 1, 1), block, 4 * words, False) for name in KERNELS[engine])
 
-    wres = int(engine != "direct" and C_out <= 32 and C_in <= 8)
+    wres = int(engine != "direct" and C_out <= cw and C_in <= 8)  # one weight chunk: staged once per block
     scalars = dict(
         N=N, Cin=C_in, H=H, W=W, Cout=C_out, K=K, G=G, OH=OH, OW=OW, tiles_w=tiles_w, tiles_h=tiles_h,
         slots=slots, teams=teams, in_rs=in_rs, in_ps=in_ps, wres=wres, off_ch=off_ch, off_red=off_red,
@@ -342,7 +365,7 @@ def make_plan(x_shape, C_out: int, K: int, G: int, device: DeviceInfo, engine: s
         workspace_shape=workspace,
         out_shape=(N, C_out, OH, OW),
         scalars=scalars,
-        defines=dict(DEFAULT_DEFINES),
+        defines=dict(DEFAULT_DEFINES, CF_NT=nt),
         device=device,
         note=note,
     )

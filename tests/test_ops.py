@@ -55,7 +55,9 @@ TABLE = [
     ("Cin1", Shape(2, 1, 32, 24, 26, 3, 8), "C_in=1: one input channel of an 8-channel k-step"),
     ("Cin3", Shape(2, 3, 32, 24, 26, 3, 8), "C_in=3 (RGB): not a multiple of 4 channels"),
     ("Cin13", Shape(2, 13, 32, 24, 26, 3, 8), "C_in=13: a full and a partial 8-channel k-step"),
-    ("Cout-eq-G", Shape(2, 8, 8, 24, 26, 3, 8), "C_out=G: one channel per group, C_out below one 32-chunk"),
+    ("Cout-eq-G", Shape(2, 8, 8, 24, 26, 3, 8), "C_out=G: one channel per group, half a 16-channel chunk"),
+    ("Cout12-Cin13", Shape(2, 13, 12, 24, 26, 3, 4), "16-channel chunks, weights restaged per 8-input k-step"),
+    ("Cout16-K5", Shape(2, 16, 16, 21, 23, 5, 4), "16-channel chunks, K=5, two full k-steps"),
     ("G1", Shape(2, 8, 32, 24, 26, 3, 1), "G=1: the whole sample is one group"),
     ("Cout48", Shape(2, 8, 48, 24, 26, 3, 4), "C_out=48: a partial second 32-chunk; groups of 12 straddle it"),
     ("Cout72", Shape(2, 8, 72, 24, 26, 3, 6), "C_out=72: three chunks, groups of 12 straddle two boundaries"),
@@ -143,11 +145,13 @@ def test_deterministic(backend, engine, cuda_device, seed):
 
 # (shape, tiles per block and sample): one tile held in registers, 7 samples over 5-6 teams (a second round in
 # which most teams have no sample); two tiles, the first parked in the output until the statistics are known;
-# C_out = 72: three 32-channel units per tile, all but the last parked.
+# C_out = 72: three 32-channel units per tile, all but the last parked; C_out = 16: 16-channel units, C_in = 11
+# in two k-steps, the first tile parked.
 FUSED_LAYOUTS = [
     pytest.param(Shape(7, 8, 32, 130, 130, 3, 8), 1, id="held-only-2-rounds"),
     pytest.param(Shape(5, 8, 32, 30, 130, 3, 8), 2, id="park-1-of-2"),
     pytest.param(Shape(3, 5, 72, 23, 70, 3, 6), 3, id="Cout72-park"),
+    pytest.param(Shape(3, 11, 16, 30, 130, 3, 4), 2, id="Cout16-park"),
 ]
 
 

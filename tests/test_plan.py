@@ -1,5 +1,6 @@
-"""The launch plan (CPU, with fake devices): engine choice, sane launch geometry, a small workspace, and
-kernel names that exist in the sources. GPU: torch and CuPy report the same device facts (one plan)."""
+"""The launch plan (CPU, with fake devices): engine choice, sane launch geometry, a small workspace, the
+chunk width and the shared memory it needs, and kernel names that exist in the sources. GPU: torch and CuPy
+report the same device facts (one plan)."""
 
 import re
 
@@ -55,7 +56,15 @@ def assert_sane(plan, device, x_shape, C_out, K, G):
         assert not any(ln.cooperative for ln in plan.launches)
     assert 0 <= plan.smem_bytes <= device.smem_optin, (plan.smem_bytes, device.smem_optin)
     assert len(plan.kernels) == 2 and set(plan.kernels) <= kernels_in_source(), plan.kernels
-    assert isinstance(plan.defines, dict)
+    assert isinstance(plan.defines, dict) and plan.defines in plan_module.build_variants(), plan.defines
+    cw = plan.chunk_width
+    assert cw == (16 if C_out <= 16 else 32), (C_out, plan.defines)
+    sc = plan.scalars
+    if plan.engine == "direct":
+        assert plan.smem_bytes == 4 * sc["off_xs"] and sc["wres"] == 0  # nothing staged
+    else:  # the weights of one chunk, cw x 8 x K x K, big and small parts, last
+        assert sc["off_ws"] % 4 == 0 and plan.smem_bytes == 4 * (sc["off_ws"] + 16 * cw * K * K), plan.describe()
+        assert sc["wres"] == int(C_out <= cw and C_in <= 8)  # one chunk's weights, staged once per block
     text = plan.describe()
     assert isinstance(text, str) and plan.engine in text
 
@@ -121,24 +130,82 @@ def test_forced_engines(device):
         plan_of(device, **DEFAULT, engine="winograd")
 
 
+def mma_fits_for(device, C_out):
+    """For K = 1..15, whether the tensor-core tile fits (engine="mma" can be forced)."""
+    fits = []
+    for K in range(1, 16):
+        try:
+            plan_of(device, (2, 8, 64, 64), C_out, K, 8, engine="mma")
+            fits.append(True)
+        except ValueError:
+            fits.append(False)
+    return fits
+
+
+@pytest.mark.parametrize("C_out", [16, 32])
 @pytest.mark.parametrize("device", DEVICES)
-def test_auto_picks_mma_exactly_where_it_fits(device):
+def test_auto_picks_mma_exactly_where_it_fits(device, C_out):
     """For K = 1..15: "auto" is the single-pass "fused" plan wherever the tensor-core tile can be made (its
     shared memory within the device's limit), else "direct"; and once K is too large for the tile, every
     larger K is too."""
-    fits = []
-    for K in range(1, 16):
-        auto = plan_of(device, (2, 8, 64, 64), 32, K, 8)
-        try:
-            forced = plan_of(device, (2, 8, 64, 64), 32, K, 8, engine="mma")
-        except ValueError:
-            forced = None
-        fits.append(forced is not None)
-        assert auto.engine == ("fused" if forced else "direct"), (K, auto.describe())
-        if forced:
+    fits = mma_fits_for(device, C_out)
+    for K, fit in enumerate(fits, 1):
+        auto = plan_of(device, (2, 8, 64, 64), C_out, K, 8)
+        assert auto.engine == ("fused" if fit else "direct"), (K, auto.describe())
+        if fit:
+            forced = plan_of(device, (2, 8, 64, 64), C_out, K, 8, engine="mma")
             assert forced.smem_bytes == auto.smem_bytes <= device.smem_optin
     assert fits == sorted(fits, reverse=True), f"mma fits for K = {[k + 1 for k, f in enumerate(fits) if f]}"
     assert fits[2], "K=3 (the default problem) must run on tensor cores"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "C_out, G, nt",
+    [(1, 1, 2), (8, 2, 2), (16, 4, 2), (16, 16, 2), (17, 1, 4), (24, 4, 4), (32, 8, 4), (64, 8, 4), (72, 6, 4)],
+)
+def test_chunk_width(device, C_out, G, nt):
+    """16-channel chunks (CF_NT = 2) exactly where C_out <= 16, else 32 (CF_NT = 4), for every engine: in the
+    defines both backends build from, and said by describe() where it is not the default."""
+    for engine in ENGINES:
+        plan = plan_of(device, (4, 8, 64, 64), C_out, 3, G, engine=engine)
+        assert plan.defines == dict(plan_module.DEFAULT_DEFINES, CF_NT=nt), (engine, plan.defines)
+        assert plan.chunk_width == 8 * nt
+        assert_sane(plan, device, (4, 8, 64, 64), C_out, 3, G)
+        head = plan.describe().split(";")[0]  # what the benchmark's table shows
+        assert ("16-channel chunks" in head) == (nt == 2), plan.describe()
+        assert "32-channel" not in plan.describe()
+
+
+def test_chunk_width_shared_memory():
+    """C_out = 16 stages one 16 x 8 x K x K weight chunk (256 words per (p, q), big and small), C_out = 32 one of
+    32 x 8 x K x K (512 words): the offsets, worked out by hand (layout: cuda_src/cupyfused.cu, CfArgs)."""
+    # G = 4, K = 3: stats 4 * G * 4 warps + 4 * G = 80 words; then 6 words per channel; 2 * 4 warps * 32 words of
+    # scratch; the input tile, (4 + 2) x (64 + 2) = 396 pixels of 16 words (8 channels, big and small).
+    for C_out, off_red, off_ws, ws_words in ((16, 176, 6768, 256 * 9), (32, 272, 6864, 512 * 9)):
+        plan = plan_of(H100, (2, 8, 64, 64), C_out, 3, 4, engine="mma")
+        sc = plan.scalars
+        assert (sc["off_ch"], sc["off_red"], sc["off_xs"], sc["off_ws"]) == (80, off_red, off_red + 256, off_ws)
+        assert plan.smem_bytes == 4 * (off_ws + ws_words)
+        assert sc["wres"] == 1
+    # 16-channel chunks halve the weights' share: larger K fit the tensor-core tile (K = 9 on an A100: 32-channel
+    # chunks take 4 * (14_352 + 41_472) bytes, more than its 166_912; 16-channel chunks 4 * (14_256 + 20_736)).
+    assert plan_of(A100, (2, 8, 64, 64), 16, 9, 4).engine == "fused"
+    assert plan_of(A100, (2, 8, 64, 64), 32, 9, 4).engine == "direct"
+    for device in (A100, H100, RTX):
+        narrow, wide = mma_fits_for(device, 16), mma_fits_for(device, 32)
+        assert all(n or not w for n, w in zip(narrow, wide)) and sum(narrow) > sum(wide), device.name
+
+
+def test_build_variants_cover_every_plan():
+    """plan.build_variants() (what the nvcc compile checks build) holds every define set make_plan returns,
+    the default first."""
+    variants = plan_module.build_variants()
+    assert variants[0] == plan_module.DEFAULT_DEFINES
+    assert _sources.compile_check_text() == _sources.source_text(variants[0])
+    seen = [plan_of(H100, (2, 8, 32, 32), C_out, 3, 1, engine=e).defines for C_out in range(1, 70) for e in ENGINES]
+    assert all(d in variants for d in seen), [d for d in seen if d not in variants]
+    assert all(v in seen for v in variants), "a build variant that no plan uses"
 
 
 @pytest.mark.parametrize("device", [d for d in DEVICES if d.values[0] is not RTX])  # RTX: two passes (above)

@@ -1,5 +1,6 @@
 """The kernel sources (CPU): what both compilers get, that an installed wheel finds its own copy, and that
-every kernel compiles for sm_80 and sm_90 with nvcc and the project's flags without spilling registers."""
+every kernel of every build a plan can ask for (plan.build_variants()) compiles for sm_80 and sm_90 with nvcc
+and the project's flags without spilling registers."""
 
 import json
 import os
@@ -8,15 +9,20 @@ import re
 import shutil
 import subprocess
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from utils import PYTHON, REPO_ROOT, report, skip_or_fail
 
 import cupyfused
 from cupyfused import _sources
+from cupyfused import plan as plan_module
 
 KERNEL_RE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\(')
 SOURCE_SUFFIXES = (".cu", ".cuh", ".h")
+ARCHS = ("sm_80", "sm_90")
+VARIANTS = plan_module.build_variants()  # the default build first
+VARIANT_IDS = [f"nt{d['CF_NT']}" for d in VARIANTS]
 
 
 def source_files(folder):
@@ -131,13 +137,15 @@ def parse_ptxas(log: str) -> dict:
 SPILL_ALLOWANCE: dict = {}
 
 
-def compile_cubin(arch, tmp_path, extra=()):
-    """(cubin path, ptxas log) of the compile-check text built with the project's nvcc flags."""
+def compile_cubin(arch, tmp_path, extra=(), defines=None):
+    """(cubin path, ptxas log) of the text built for ``defines`` (default: the compile-check text, the default
+    build's) with the project's nvcc flags."""
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         pytest.skip("nvcc is not on PATH: the compile check needs the CUDA toolkit")
+    tmp_path.mkdir(parents=True, exist_ok=True)
     cu = tmp_path / "cupyfused_check.cu"
-    cu.write_text(_sources.compile_check_text())
+    cu.write_text(_sources.compile_check_text() if defines is None else _sources.source_text(defines))
     cubin = tmp_path / f"k_{arch}.cubin"
     cmd = [nvcc, "-cubin", f"-arch={arch}", *_sources.NVCC_FLAGS, *extra, "-o", str(cubin), str(cu)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -146,45 +154,74 @@ def compile_cubin(arch, tmp_path, extra=()):
 
 
 @pytest.mark.gpu  # runs where the GPU and the full toolkit are (cuobjdump); the device itself is not used
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_fused_spills_stay_out_of_the_mma_loop(arch, cuda_device, tmp_path):
+@pytest.mark.parametrize("defines", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fused_spills_stay_out_of_the_mma_loop(arch, defines, cuda_device, tmp_path):
     """Disassemble cf_fused_mma: no local-memory load or store and few other instructions between its first and
     last tensor-core instruction (the conv loop's unrolled mma), so neither spills nor register moves cost
     anything per mma."""
     cuobjdump = shutil.which("cuobjdump")
     if cuobjdump is None:
         skip_or_fail("cuobjdump is not on PATH (it ships with the CUDA toolkit)")
-    cubin, _ = compile_cubin(arch, tmp_path)
+    cubin, _ = compile_cubin(arch, tmp_path, defines=defines)
     r = subprocess.run([cuobjdump, "-sass", "-fun", "cf_fused_mma", str(cubin)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    sass = [ln for ln in r.stdout.splitlines() if re.search(r"/\*[0-9a-f]{4}\*/", ln)]
+    sass = [ln for ln in r.stdout.splitlines() if re.search(r"/\*[0-9a-f]{4,}\*/", ln)]
     mma = [i for i, ln in enumerate(sass) if "HMMA" in ln]
     assert mma, "no HMMA in cf_fused_mma"
     span = sass[mma[0] : mma[-1] + 1]
     local = [ln.strip() for ln in span if re.search(r"\b(LDL|STL)\b", ln)]
     others = len(span) - len(mma)
-    report(f"sass {arch}", f"cf_fused_mma: {len(mma)} HMMA; among them {len(local)} LDL/STL, {others} others in all")
+    nt = defines["CF_NT"]
+    report(f"sass {arch}", f"cf_fused_mma, CF_NT={nt}: {len(mma)} HMMA; among them {len(local)} LDL/STL, {others} "
+           "others in all")  # fmt: skip
     assert not local, "local-memory traffic inside the mma loop:\n" + "\n".join(local[:20])
     # Register moves between the mma: ptxas inserts them when accumulators must also sit in adjacent pairs
-    # elsewhere (measured once: 2.6 moves per HMMA, 25% more instructions, from 8-byte loads into acc).
-    assert others <= len(mma) // 2, f"{others} non-mma instructions among {len(mma)} HMMA:\n" + "\n".join(
+    # elsewhere (measured once: 2.6 moves per HMMA, 25% more instructions, from 8-byte loads into acc). A (p, q)
+    # step is 12 * CF_NT HMMA and needs about the same loads and address arithmetic whatever CF_NT, so the bound
+    # is 24 others per step: half the HMMA count at CF_NT = 4, all of it at CF_NT = 2 (measured with nvcc 13.0:
+    # 1-3 among 48 at CF_NT = 4; 52-54 among 72 at CF_NT = 2, where ptxas unrolls the q loop by two and the
+    # span also holds its remainder step's loads).
+    assert others <= 2 * len(mma) // nt, f"{others} non-mma instructions among {len(mma)} HMMA:\n" + "\n".join(
         ln.strip() for ln in span[:120]
     )
 
 
+@pytest.fixture(scope="module")
+def ptxas_builds(tmp_path_factory):
+    """Every (arch, build variant) compile of the check below, all started at once (nvcc is single-threaded, so
+    the variants cost little wall time on a multi-core machine): {(arch, CF_NT): future of (cubin, ptxas log)}."""
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc is not on PATH: the compile check needs the CUDA toolkit")
+    root = tmp_path_factory.mktemp("ptxas")
+    with ThreadPoolExecutor(max_workers=len(ARCHS) * len(VARIANTS)) as pool:
+        yield {
+            (arch, d["CF_NT"]): pool.submit(compile_cubin, arch, root / f"{arch}_nt{d['CF_NT']}", ("-Xptxas", "-v"), d)
+            for arch in ARCHS
+            for d in VARIANTS
+        }
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_nvcc_compiles_every_kernel_without_spills(arch, tmp_path):
-    kernels = set(KERNEL_RE.findall(_sources.compile_check_text()))
-    _, log = compile_cubin(arch, tmp_path, ("-Xptxas", "-v"))
+@pytest.mark.parametrize("defines", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_nvcc_compiles_every_kernel_without_spills(arch, defines, ptxas_builds):
+    kernels = set(KERNEL_RE.findall(_sources.source_text(defines)))
+    nt = defines["CF_NT"]
+    _, log = ptxas_builds[arch, nt].result()
     funcs = parse_ptxas(log)
     entries = {name for name, f in funcs.items() if f.get("entry")}
     assert entries == kernels, f"ptxas compiled {sorted(entries)}, the sources define {sorted(kernels)}\n{log}"
+    # The mma kernels' register budget: MMA_BLOCKS_PER_SM blocks of THREADS threads in the 64K registers of an SM
+    # (allocated in units of 8), as __launch_bounds__(CF_THREADS, CF_MIN_BLOCKS) asks of ptxas.
+    budget = 65536 // (plan_module.THREADS * plan_module.MMA_BLOCKS_PER_SM) // 8 * 8
     for name, f in sorted(funcs.items()):
         assert "registers" in f and "spill_stores" in f, f"no ptxas report for {name}:\n{log}"
         if f["entry"]:
-            report(f"ptxas {arch}", f"{name}: {f['registers']} registers, {f['smem']} B static smem, "
+            report(f"ptxas {arch} CF_NT={nt}", f"{name}: {f['registers']} registers, {f['smem']} B static smem, "
                    f"{f['stack']} B stack, spills {f['spill_stores']}/{f['spill_loads']} B")  # fmt: skip
+            if name.endswith("_mma"):
+                assert f["registers"] <= budget, f"{arch}: {name} uses {f['registers']} registers (budget {budget})"
     spilling = {
         n: (f["spill_stores"], f["spill_loads"])
         for n, f in funcs.items()
