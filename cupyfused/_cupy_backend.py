@@ -112,7 +112,9 @@ def external_stream(torch_stream, device_id: int):
 
 
 _SCALARS: dict = {}
-_OPTED_IN: dict = {}  # (device, kernel) -> the dynamic shared memory it was allowed above 48 KiB
+# id of a build's kernel (kept for the process in _modules, one per device and define set) -> the dynamic shared
+# memory it was allowed above 48 KiB
+_OPTED_IN: dict = {}
 
 
 def _packed(args) -> tuple:
@@ -142,9 +144,9 @@ def launch(plan, args, device_id: int, stream) -> None:
     with cupy.cuda.Device(device_id), stream:
         for ln in plan.launches:
             fn = kernels[ln.kernel]
-            if ln.smem_bytes > _OPTED_IN.get((device_id, ln.kernel), 48 * 1024):
+            if ln.smem_bytes > _OPTED_IN.get(id(fn), 48 * 1024):
                 fn.max_dynamic_shared_size_bytes = ln.smem_bytes  # a driver call: only when it must grow
-                _OPTED_IN[(device_id, ln.kernel)] = ln.smem_bytes
+                _OPTED_IN[id(fn)] = ln.smem_bytes
             if not ln.cooperative:
                 fn(ln.grid, ln.block, packed, shared_mem=ln.smem_bytes)
                 continue
