@@ -64,7 +64,7 @@ def profile(n):
         "plan.args": lambda: plan.args(bufs, x.stride()),
         "pack": lambda: _torch_backend._PACK.pack(*[v.data_ptr() if t == "p" else v for t, v in args]),
         "cf_run(both)": lambda: mod.cf_run(dev, tuple(specs), packed),
-        "cf_run(cf_zero)": lambda: mod.cf_run(dev, (specs[0],), packed),
+        "cf_run(cf_prep)": lambda: mod.cf_run(dev, (specs[0],), packed),
         "cf_run(fused)": lambda: mod.cf_run(dev, (specs[-1],), packed),
         "backend launch": lambda: _torch_backend.launch(plan, args, dev),
     }

@@ -6,6 +6,9 @@
 //   CF_NT     n8 mma tiles per output-channel chunk, 2 or 4: a chunk is CF_CW = 8 * CF_NT channels wide (the plan
 //             takes 2 where C_out <= 16, so that such shapes spend no mma, sigmoid or statistics work on a second
 //             16 channels of padding; else 4).
+//   CF_PAIR   1: pair the taps of a row in one k-step where C_in <= 4 (cf_pair_taps; the plan builds it for such
+//             shapes only), 0: not (a separate build, so the other shapes' kernels carry none of its branches:
+//             measured 9% slower on the default problem with them).
 // Fixed by the code: 8 input channels per k-step.
 //
 // Both compilers (NVRTC through cupy.RawModule, nvcc through torch's load_inline) get this exact text and the
@@ -21,8 +24,8 @@
 //   It publishes one additive float64 record per group (cf_block_record) and counts itself in with an integer
 //   atomic; once the whole team has, every block sums the team's records in rank order (the same bits in every
 //   block), then normalizes and writes its units (evict-first: the final values make room in L2 for the parked
-//   ones). Input read about once, output written once, nothing of the output's size allocated. cf_zero clears
-//   the teams' arrival counts first (one tiny launch).
+//   ones). Input read about once, output written once, nothing of the output's size allocated. cf_prep clears
+//   the teams' arrival counts first (and prepares the weights, below).
 //   Blocks wait for each other, so all of them must be resident at once: the launch is cooperative, and the
 //   plan sizes the grid from the occupancy the kernel is built for (the launchers verify it).
 //
@@ -39,7 +42,9 @@
 // Two conv engines fill the same register fragment (acc[mt][nt][r], the mma.m16n8k8 C layout), so the
 // epilogues are shared:
 //   mma     3xTF32 on tensor cores (a = big + small, both TF32; small*big + big*small + big*big), FP32-class
-//           accuracy. Input tile and weights are staged in shared memory, already split.
+//           accuracy. Input tile and weights are staged in shared memory, already split; the weights are split
+//           and put in fragment order once per forward (cf_prep, into the workspace), and blocks copy a chunk's
+//           from there (cp.async), so restaging them per unit costs no arithmetic.
 //   direct  plain FP32 FMA reading global memory; any shape (the fallback when the mma tile does not fit).
 //
 // Fragment layout (PTX ISA, mma.m16n8k8 .tf32): lane = 4 * gid + tig.
@@ -58,6 +63,9 @@
 #endif
 #ifndef CF_NT
 #error "CF_NT must be defined by the launch plan"
+#endif
+#ifndef CF_PAIR
+#error "CF_PAIR must be defined by the launch plan"
 #endif
 // CF_NT is even (two n-tiles share each 16-byte weight fragment load) and at most 4 (the statistics give each
 // channel of a chunk one lane of a warp).
@@ -88,8 +96,8 @@ typedef unsigned int cf_u32;
 //                      each, the first CF_CW used)
 //   [off_xs, +32*in_hs) mma: input tile, in_ps pixels x 8 channels, big then small (cf_stage_input);
 //                      in_hs = (in_ps + 1) / 2
-//   [off_ws, +16*CF_CW*K*K) mma: weights of one (CF_CW out x 8 in) chunk, fragment order, big then small
-//                      (8 * CF_CW words per (p, q) each)
+//   [off_ws, +16*CF_CW*K*rs) mma: weights of one (CF_CW out x 8 in) chunk, fragment order, big then small
+//                      (8 * CF_CW words per k-step each; rs = cf_row_steps, K or (K + 1) / 2 with paired taps)
 struct CfArgs {
   const float* x;
   long long sxn, sxc, sxh, sxw;  // element strides of x (any layout)
@@ -99,12 +107,14 @@ struct CfArgs {
   const float* scale;            // (Cout)
   const float* gamma;            // (Cout)
   const float* beta;             // (Cout)
-  double* partials;              // workspace: two-pass (N, G, slots, 2); single pass, see cf_body
+  double* partials;              // workspace: statistics (two-pass (N, G, slots, 2); single pass, see cf_body),
+                                 // then from off_wp on the mma engines' prepared weights (cf_prep)
   float* out;                    // (N, Cout, OH, OW), contiguous
   int N, Cin, H, W, Cout, K, G, OH, OW;
   int tiles_w, tiles_h, slots, teams;  // slots: blocks per sample (a team); teams: single pass only
   int in_rs, in_ps, wres;
   int off_ch, off_red, off_xs, off_ws;
+  long long off_wp;  // float64 words of the workspace before the prepared weights
   float eps;
 };
 
@@ -113,11 +123,11 @@ struct CfArgs {
       const float *conv_b, const float *bias, const float *scale, const float *gamma, const float *beta,  \
       double *partials, float *out, int N, int Cin, int H, int W, int Cout, int K, int G, int OH, int OW, \
       int tiles_w, int tiles_h, int slots, int teams, int in_rs, int in_ps, int wres, int off_ch, int off_red,        \
-      int off_xs, int off_ws, float eps
+      int off_xs, int off_ws, long long off_wp, float eps
 #define CF_ARGS                                                                                             \
   {x,       sxn,     sxc,     sxh,     sxw,     w,  conv_b, bias, scale, gamma, beta, partials, out, N, Cin, \
    H,       W,       Cout,    K,       G,       OH, OW,     tiles_w, tiles_h, slots, teams, in_rs, in_ps, wres,     \
-   off_ch,  off_red, off_xs,  off_ws,  eps}
+   off_ch,  off_red, off_xs,  off_ws,  off_wp,  eps}
 
 enum { CF_ENGINE_MMA = 0, CF_ENGINE_DIRECT = 1 };
 
@@ -177,8 +187,16 @@ __device__ __forceinline__ float cf_sigmoid(float acc, float cbsl, float sl) {
 // (p & 1) * hs + p / 2 (hs = (in_ps + 1) / 2), as two 16-byte halves (channels 0-3, 4-7) swapped when bit 0 of
 // p ^ (p >> 3) is set. An ldmatrix phase reads one half of 8 pixels two apart (8 consecutive slots), the staging
 // stores one half of 8 consecutive pixels (4 slots of each parity): both cover all 32 banks once. Big parts at
-// xs, small parts 16 * hs words further.
+// xs, small parts 16 * hs words further. With paired taps (cf_pair_taps) the second half of pixel p's slot holds
+// channels 0-3 of pixel p + 1 instead of channels 4-7.
 __device__ __forceinline__ int cf_xs_half(const CfArgs& a) { return (a.in_ps + 1) >> 1; }  // hs: slots per parity
+
+// Paired taps, in the CF_PAIR build, for C_in <= 4 (and K > 1): an 8-channel k-step would be half zero padding,
+// so it carries two taps of a row instead, (p, q) in k 0-3 and (p, q + 1) in k 4-7 (channels 0-3 of the next
+// pixel, cf_stage_input; the weights of tap q + 1 opposite, zero where q + 1 = K, cf_weight_word). A row of K taps
+// then takes (K + 1) / 2 k-steps: 3 mma k-steps instead of 5 per row at K = 5, 2 instead of 3 at K = 3.
+__device__ __forceinline__ bool cf_pair_taps(const CfArgs& a) { return CF_PAIR && a.Cin <= 4 && a.K > 1; }
+__device__ __forceinline__ int cf_row_steps(const CfArgs& a) { return cf_pair_taps(a) ? (a.K + 1) >> 1 : a.K; }
 
 __device__ __forceinline__ int cf_px_word(int p, int half, int hs) {
   return 8 * ((p & 1) * hs + (p >> 1)) + 4 * (half ^ ((p ^ (p >> 3)) & 1));
@@ -187,6 +205,7 @@ __device__ __forceinline__ int cf_px_word(int p, int half, int hs) {
 __device__ __forceinline__ void cf_stage_input(const CfArgs& a, cf_u32* xs, int n, int ci0, int r0, int c0) {
   const int npix = a.in_ps, hs = cf_xs_half(a);  // (CF_WARPS + K - 1) rows x in_rs columns
   const float inv_cols = 1.0f / (float)a.in_rs;
+  const bool pair = cf_pair_taps(a);
   const float* xn = a.x + (long long)n * a.sxn + (long long)ci0 * a.sxc;
   // Thread i copies pixels i, i + CF_THREADS, ... of the tile (consecutive threads, consecutive columns), all 8
   // channels, four pixels (32 loads) in flight per round: one round of global latency for tiles of up to
@@ -207,37 +226,65 @@ __device__ __forceinline__ void cf_stage_input(const CfArgs& a, cf_u32* xs, int 
     for (int k = 0; k < 4; ++k) {
       const int px = base + k * CF_THREADS + threadIdx.x;
       if (px >= npix) break;
+      // Paired taps: channels 0-3 also go to the second half of the previous pixel (each half written once);
+      // the last pixel's second half gets the zeros of channels 4-7 (it meets only zero weights, but must be
+      // finite).
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
+        if (half == 1 && pair && px != npix - 1) break;
         uint4 big, small;
         cf_u32* b = &big.x;
         cf_u32* sm = &small.x;
 #pragma unroll
         for (int c = 0; c < 4; ++c) cf_split(v[k][4 * half + c], b[c], sm[c]);
-        const int wd = cf_px_word(px, half, hs);
+        int wd = cf_px_word(px, half, hs);
         *reinterpret_cast<uint4*>(xs + wd) = big;
         *reinterpret_cast<uint4*>(xs + 16 * hs + wd) = small;
+        if (half == 0 && pair && px > 0) {
+          wd = cf_px_word(px - 1, 1, hs);
+          *reinterpret_cast<uint4*>(xs + wd) = big;
+          *reinterpret_cast<uint4*>(xs + 16 * hs + wd) = small;
+        }
       }
     }
   }
 }
 
-// Weights of output channels co0 .. co0 + CF_CW - 1 and input channels ci0 .. ci0 + 7, for every (p, q), in
-// fragment order: 8 * CF_CW words per (p, q), of which word pq * 8 * CF_CW + half * 128 + lane * 4 + k
+// Weights of output channels co0 .. co0 + CF_CW - 1 and input channels ci0 .. ci0 + 7, for every k-step
+// pq = p * rs + j (rs = cf_row_steps: tap (p, j), or with paired taps taps (p, 2 * j) and (p, 2 * j + 1)), in
+// fragment order: 8 * CF_CW words per k-step, of which word pq * 8 * CF_CW + half * 128 + lane * 4 + k
 // (half < CF_NT / 2) holds n-tile (2 * half + (k >> 1)), b(k & 1) of that lane, so each lane reads its B
-// fragments of all CF_NT n-tiles with CF_NT / 2 conflict-free 16-byte loads. Big parts at ws, small parts
-// 8 * CF_CW * K * K words further.
-__device__ __forceinline__ void cf_stage_weights(const CfArgs& a, cf_u32* ws, int co0, int ci0) {
-  const int kk = a.K * a.K;
-  for (int idx = threadIdx.x; idx < 8 * CF_CW * kk; idx += CF_THREADS) {
-    const int pq = idx >> (CF_CW_LOG2 + 3), half = (idx >> 7) & (CF_NT / 2 - 1), lane = (idx >> 2) & 31,
-              k = idx & 3;
-    const int nt = 2 * half + (k >> 1), b = k & 1;
-    const int o = co0 + nt * 8 + (lane >> 2), c = ci0 + (lane & 3) + 4 * b;
-    float v = 0.0f;
-    if (o < a.Cout && c < a.Cin) v = a.w[((long long)o * a.Cin + c) * kk + pq];
-    cf_split(v, ws[idx], ws[8 * CF_CW * kk + idx]);
-  }
+// fragments of all CF_NT n-tiles with CF_NT / 2 conflict-free 16-byte loads. This is word idx of the chunk.
+__device__ __forceinline__ float cf_weight_word(const CfArgs& a, int co0, int ci0, int idx) {
+  const int rs = cf_row_steps(a), pq = idx >> (CF_CW_LOG2 + 3), p = pq / rs, j = pq - p * rs;
+  const int half = (idx >> 7) & (CF_NT / 2 - 1), lane = (idx >> 2) & 31, k = idx & 3;
+  const int nt = 2 * half + (k >> 1), b = k & 1;
+  const int o = co0 + nt * 8 + (lane >> 2);
+  // b picks k-rows 0-3 or 4-7 of the step: channels 4 * b + (0..3) of tap (p, j), or with paired taps channels
+  // 0..3 of tap (p, 2 * j + b)
+  const bool pair = cf_pair_taps(a);
+  const int c = ci0 + (lane & 3) + (pair ? 0 : 4 * b), q = pair ? 2 * j + b : j;
+  return (o < a.Cout && c < a.Cin && q < a.K) ? a.w[((long long)o * a.Cin + c) * a.K * a.K + p * a.K + q] : 0.0f;
+}
+
+// The mma engines' weights, prepared once per forward by cf_prep in the workspace: for every (output chunk co,
+// input chunk ci), 16 * CF_CW * K * rs words at (co * n_ci + ci) times that, the chunk's words (cf_weight_word)
+// split into TF32 big parts, then the small parts: the image of ws in shared memory (small parts
+// 8 * CF_CW * K * rs words after the big ones; the plan sizes ws the same way).
+__device__ __forceinline__ cf_u32* cf_prepared(const CfArgs& a, int co, int ci) {
+  const long long words = 16LL * CF_CW * a.K * cf_row_steps(a);
+  return reinterpret_cast<cf_u32*>(a.partials + a.off_wp) + (co * ((a.Cin + 7) >> 3) + ci) * words;
+}
+
+// Copies the prepared weights of chunk (co, ci) to ws, 16 bytes per cp.async (global to shared without registers,
+// all of a thread's copies in flight at once); each thread waits for its own, the caller's barrier publishes them.
+__device__ __forceinline__ void cf_stage_weights(const CfArgs& a, cf_u32* ws, int co, int ci) {
+  const int vecs = 4 * CF_CW * a.K * cf_row_steps(a);  // 16-byte vectors of the 16 * CF_CW * K * rs words
+  const char* src = reinterpret_cast<const char*>(cf_prepared(a, co, ci));
+  const cf_u32 dst = (cf_u32)__cvta_generic_to_shared(ws);
+  for (int i = threadIdx.x; i < vecs; i += CF_THREADS)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst + 16u * i), "l"(src + 16LL * i) : "memory");
+  asm volatile("cp.async.wait_all;" ::: "memory");
 }
 
 // staged: the tile's input (C_in <= 8: one chunk) is already in xs, published by a barrier (cf_body stages the
@@ -245,7 +292,7 @@ __device__ __forceinline__ void cf_stage_weights(const CfArgs& a, cf_u32* ws, in
 __device__ __forceinline__ void cf_conv_mma(const CfArgs& a, float (&acc)[CF_MT][CF_NT][4], cf_u32* xs, cf_u32* ws,
                                             int n, int co, int r0, int c0, bool staged) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int kk = a.K * a.K, n_ci = (a.Cin + 7) >> 3;
+  const int n_ci = (a.Cin + 7) >> 3;
   for (int ci = 0; ci < n_ci; ++ci) {
     // With one input chunk the staged tile serves every output chunk of this tile; wres means the weights
     // were staged once for the whole block.
@@ -253,20 +300,21 @@ __device__ __forceinline__ void cf_conv_mma(const CfArgs& a, float (&acc)[CF_MT]
     if (stage_x || !a.wres) {
       __syncthreads();  // every warp is done reading the previous tile / chunk
       if (stage_x) cf_stage_input(a, xs, n, ci * 8, r0, c0);
-      if (!a.wres) cf_stage_weights(a, ws, co * CF_CW, ci * 8);
+      if (!a.wres) cf_stage_weights(a, ws, co, ci);
       __syncthreads();
     }
     if (ci == 0) cf_zero_acc(acc);  // zeroed only now: the staging above has the registers to itself
     // ldmatrix.x4 row addresses: lanes 0-7 give rows 0-7 of an m16 tile (channels 0-3: a0), 8-15 rows 8-15
-    // (a1), 16-23 rows 0-7 (channels 4-7: a2), 24-31 rows 8-15 (a3): the A fragment of mma.m16n8k8. Row i is
-    // pixel 2 * i, row i + 8 pixel 2 * i + 1.
+    // (a1), 16-23 rows 0-7 (channels 4-7, or with paired taps the next pixel's 0-3: a2), 24-31 rows 8-15 (a3):
+    // the A fragment of mma.m16n8k8. Row i is pixel 2 * i, row i + 8 pixel 2 * i + 1.
     const int lp = 2 * (lane & 7) + ((lane >> 3) & 1), lhalf = lane >> 4, hs = cf_xs_half(a);
     const cf_u32 xs_base = (cf_u32)__cvta_generic_to_shared(xs), small = 64u * hs;  // bytes
+    const int rs = cf_row_steps(a), qstep = cf_pair_taps(a) ? 2 : 1;
     for (int p = 0; p < a.K; ++p) {
-      for (int q = 0; q < a.K; ++q) {
-        const int pq = p * a.K + q;
+      for (int j = 0, q = 0; j < rs; ++j, q += qstep) {
+        const int pq = p * rs + j;  // the k-step: tap (p, q), and (p, q + 1) with paired taps
         const uint4* wb = reinterpret_cast<const uint4*>(ws + pq * 8 * CF_CW) + lane;
-        const uint4* wsm = reinterpret_cast<const uint4*>(ws + 8 * CF_CW * kk + pq * 8 * CF_CW) + lane;
+        const uint4* wsm = reinterpret_cast<const uint4*>(ws + 8 * CF_CW * a.K * rs + pq * 8 * CF_CW) + lane;
         uint4 bb[CF_NT / 2], bs[CF_NT / 2];  // [half]: n-tiles 2 * half (x, y) and 2 * half + 1 (z, w)
 #pragma unroll
         for (int h = 0; h < CF_NT / 2; ++h) bb[h] = wb[32 * h];
@@ -785,10 +833,19 @@ extern "C" __global__ void __launch_bounds__(CF_THREADS, CF_MIN_BLOCKS) cf_fused
   const CfArgs a = CF_ARGS;
   cf_body<CF_ENGINE_MMA, CF_FUSED>(a);
 }
-// Clears the fused kernel's arrival counts (launched just before it, one block).
-extern "C" __global__ void cf_zero(CF_PARAMS) {
-  unsigned* f = reinterpret_cast<unsigned*>(partials);
-  for (int i = threadIdx.x; i < teams; i += blockDim.x) f[i] = 0u;
+// The mma engines' first launch: the split weights of every chunk into the workspace (cf_prepared), and the fused
+// kernel's arrival counts cleared (`teams` of them; 0 for the two-pass kernels). One thread per (big, small) pair.
+extern "C" __global__ void cf_prep(CF_PARAMS) {
+  const CfArgs a = CF_ARGS;
+  const int per = 8 * CF_CW * a.K * cf_row_steps(a), n_ci = (a.Cin + 7) >> 3;
+  const int n_co = (a.Cout + CF_CW - 1) >> CF_CW_LOG2;
+  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < a.teams) reinterpret_cast<unsigned*>(a.partials)[i] = 0u;
+  if (i >= (long long)n_co * n_ci * per) return;
+  const int chunk = (int)(i / per), idx = (int)(i - (long long)chunk * per);
+  const int co = chunk / n_ci, ci = chunk - co * n_ci;
+  cf_u32* dst = cf_prepared(a, co, ci);
+  cf_split(cf_weight_word(a, co * CF_CW, ci * 8, idx), dst[idx], dst[per + idx]);
 }
 extern "C" __global__ void __launch_bounds__(CF_THREADS, CF_MIN_BLOCKS) cf_stats_mma(CF_PARAMS) {
   const CfArgs a = CF_ARGS;

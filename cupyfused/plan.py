@@ -32,18 +32,18 @@ WARPS = 4  # warps per block = output rows per tile (4 beat 8 by 4% on an H100: 
 MT = 4  # m16 mma tiles per warp = 64 output columns per tile
 NT = 4  # n8 mma tiles per output-channel chunk = 32 channels per chunk
 NT_NARROW = 2  # make_plan's choice where C_out <= 8 * NT_NARROW: 16-channel chunks, no work on padding channels
-DEFAULT_DEFINES = {"CF_WARPS": WARPS, "CF_MT": MT, "CF_NT": NT}
+DEFAULT_DEFINES = {"CF_WARPS": WARPS, "CF_MT": MT, "CF_NT": NT, "CF_PAIR": 0}
 TILE_H, TILE_W = WARPS, 16 * MT
 THREADS = 32 * WARPS
 MMA_BLOCKS_PER_SM = 3  # cuda_src: CF_MIN_BLOCKS, the register budget of the mma kernels (168 a thread)
 
 ENGINES = ("fused", "mma", "direct")
-KERNELS = {
-    "fused": ("cf_zero", "cf_fused_mma"),
-    "mma": ("cf_stats_mma", "cf_norm_mma"),
+KERNELS = {  # in launch order; cf_prep: the split weights of every chunk, the fused kernel's arrival counts cleared
+    "fused": ("cf_prep", "cf_fused_mma"),
+    "mma": ("cf_prep", "cf_stats_mma", "cf_norm_mma"),
     "direct": ("cf_stats_direct", "cf_norm_direct"),
 }
-ALL_KERNELS = tuple(k for e in ENGINES for k in KERNELS[e])
+ALL_KERNELS = tuple(dict.fromkeys(k for e in ENGINES for k in KERNELS[e]))
 
 # The kernels' shared argument list, in order: (name, type code). p = device pointer, q = int64, i = int32,
 # f = float32. Both launchers pack arguments from this table.
@@ -54,7 +54,7 @@ SIGNATURE = (
     ("N", "i"), ("Cin", "i"), ("H", "i"), ("W", "i"), ("Cout", "i"), ("K", "i"), ("G", "i"),
     ("OH", "i"), ("OW", "i"), ("tiles_w", "i"), ("tiles_h", "i"), ("slots", "i"), ("teams", "i"),
     ("in_rs", "i"), ("in_ps", "i"), ("wres", "i"),
-    ("off_ch", "i"), ("off_red", "i"), ("off_xs", "i"), ("off_ws", "i"),
+    ("off_ch", "i"), ("off_red", "i"), ("off_xs", "i"), ("off_ws", "i"), ("off_wp", "q"),
     ("eps", "f"),
 )  # fmt: skip
 BUFFERS = tuple(name for name, t in SIGNATURE if t == "p")
@@ -220,8 +220,10 @@ class Plan:
             "mma": "two passes, 3xTF32 tensor-core conv",
             "direct": "two passes, FP32 FMA conv (fallback)",
         }[self.engine]
-        if self.chunk_width != 8 * NT:
-            conv += f", {self.chunk_width}-channel chunks"  # which kernel build runs
+        if self.chunk_width != 8 * NT:  # which kernel build runs
+            conv += f", {self.chunk_width}-channel chunks"
+        if self.defines.get("CF_PAIR"):
+            conv += ", paired taps"
         if self.engine == "fused":
             layout = (f"{self.teams} team(s) x {self.slots} blocks resident, {self.tiles_per_block} tile(s) per "
                       "block and sample")  # fmt: skip
@@ -264,7 +266,7 @@ def _warn_once(key, message):
 def build_variants() -> tuple:
     """Every set of compile-time constants :func:`make_plan` can put in :attr:`Plan.defines`, default first (the
     compile checks build each)."""
-    return tuple(dict(DEFAULT_DEFINES, CF_NT=nt) for nt in (NT, NT_NARROW))
+    return tuple(dict(DEFAULT_DEFINES, CF_NT=nt, CF_PAIR=pair) for pair in (0, 1) for nt in (NT, NT_NARROW))
 
 
 def make_plan(x_shape, C_out: int, K: int, G: int, device: DeviceInfo, engine: str = "auto",
@@ -290,7 +292,11 @@ def make_plan(x_shape, C_out: int, K: int, G: int, device: DeviceInfo, engine: s
     off_red = off_ch + 6 * C_out
     off_xs = _align4(off_red + 2 * WARPS * 32)
     off_ws = _align4(off_xs + 32 * (-(-in_ps // 2)))  # even and odd pixels in separate halves
-    mma_words = off_ws + 16 * cw * K * K  # one cw x 8 x K x K weight chunk, big and small parts
+    # One cw x 8 x K x K weight chunk, big and small parts, 8 * cw words each per mma k-step: K * K k-steps, or
+    # K * (K + 1) / 2 where C_in <= 4 pairs the taps of a row (cuda_src: cf_pair_taps).
+    pair = int(C_in <= 4 and K > 1)  # the CF_PAIR build
+    steps = K * ((K + 1) // 2) if pair else K * K
+    mma_words = off_ws + 16 * cw * steps
     mma_fits = 4 * mma_words <= device.smem_optin
     if engine in ("fused", "mma") and not mma_fits:
         raise ValueError(
@@ -325,13 +331,16 @@ def make_plan(x_shape, C_out: int, K: int, G: int, device: DeviceInfo, engine: s
             )
 
     block = (THREADS, 1, 1)
+    # The mma engines' weights, split and in fragment order once per forward by cf_prep (one thread per (big,
+    # small) pair), after the statistics in the workspace: 16 * cw * steps words per (output, input) chunk pair.
+    prep_pairs = -(-C_out // cw) * -(-C_in // 8) * 8 * cw * steps
     if engine == "fused":
         teams, slots, k = fused
         words = mma_words
         # uint32 arrival counts padded to 16 bytes (cuda_src: cf_arrival_words), two buffers of (S1, S2) records
-        workspace = (2 * -(-teams // 4) + 2 * teams * G * slots * 2,)
+        stats = 2 * -(-teams // 4) + 2 * teams * G * slots * 2
         launches = (
-            Launch("cf_zero", (1, 1, 1), block, 0, False),
+            Launch("cf_prep", (-(-max(prep_pairs, teams) // THREADS), 1, 1), block, 0, False),
             Launch("cf_fused_mma", (teams * slots, 1, 1), block, 4 * words, True),
         )
     else:
@@ -347,14 +356,22 @@ def make_plan(x_shape, C_out: int, K: int, G: int, device: DeviceInfo, engine: s
         slots = max(1, min(slots, WORKSPACE_TARGET_BYTES // (16 * max(N, 1) * G)))
         slots = -(-tiles // -(-tiles // slots))  # same tile count per block
         teams, k = 1, -(-tiles // slots)
-        workspace = (N, G, slots, 2)
-        launches = tuple(Launch(name, (N * slots, 1, 1), block, 4 * words, False) for name in KERNELS[engine])
+        stats = N * G * slots * 2  # (S1, S2) records (N, G, slots)
+        if engine == "direct":
+            prep_pairs = 0
+        launches = tuple(
+            Launch(name, (-(-prep_pairs // THREADS), 1, 1), block, 0, False)
+            if name == "cf_prep"
+            else Launch(name, (N * slots, 1, 1), block, 4 * words, False)
+            for name in KERNELS[engine]
+        )
+    workspace = (stats + prep_pairs,)  # float64 words; a prepared (big, small) pair of TF32 words is one
 
     wres = int(engine != "direct" and C_out <= cw and C_in <= 8)  # one weight chunk: staged once per block
     scalars = dict(
         N=N, Cin=C_in, H=H, W=W, Cout=C_out, K=K, G=G, OH=OH, OW=OW, tiles_w=tiles_w, tiles_h=tiles_h,
-        slots=slots, teams=teams, in_rs=in_rs, in_ps=in_ps, wres=wres, off_ch=off_ch, off_red=off_red,
-        off_xs=off_xs, off_ws=off_ws, eps=float(eps),
+        slots=slots, teams=teams if engine == "fused" else 0, in_rs=in_rs, in_ps=in_ps, wres=wres, off_ch=off_ch,
+        off_red=off_red, off_xs=off_xs, off_ws=off_ws, off_wp=stats, eps=float(eps),
     )  # fmt: skip
     return Plan(
         engine=engine,
@@ -365,7 +382,7 @@ def make_plan(x_shape, C_out: int, K: int, G: int, device: DeviceInfo, engine: s
         workspace_shape=workspace,
         out_shape=(N, C_out, OH, OW),
         scalars=scalars,
-        defines=dict(DEFAULT_DEFINES, CF_NT=nt),
+        defines=dict(DEFAULT_DEFINES, CF_NT=nt, CF_PAIR=pair),
         device=device,
         note=note,
     )

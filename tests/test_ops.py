@@ -55,6 +55,7 @@ TABLE = [
     ("Cin1", Shape(2, 1, 32, 24, 26, 3, 8), "C_in=1: one input channel of an 8-channel k-step"),
     ("Cin3", Shape(2, 3, 32, 24, 26, 3, 8), "C_in=3 (RGB): not a multiple of 4 channels"),
     ("Cin13", Shape(2, 13, 32, 24, 26, 3, 8), "C_in=13: a full and a partial 8-channel k-step"),
+    ("Cin3-K5", Shape(2, 3, 64, 21, 70, 5, 16), "C_in=3, K=5: paired taps (3 k-steps a row), two chunks"),
     ("Cout-eq-G", Shape(2, 8, 8, 24, 26, 3, 8), "C_out=G: one channel per group, half a 16-channel chunk"),
     ("Cout12-Cin13", Shape(2, 13, 12, 24, 26, 3, 4), "16-channel chunks, weights restaged per 8-input k-step"),
     ("Cout16-K5", Shape(2, 16, 16, 21, 23, 5, 4), "16-channel chunks, K=5, two full k-steps"),
@@ -327,7 +328,7 @@ def test_torch_current_stream(backend, cuda_device, seed):
 def test_cuda_graph_capture(backend, engine, cuda_device, seed):
     """A forward captured by torch.cuda.graph and replayed on new input data gives the bits of a direct call:
     the workspace and every launch of the plan are captured on torch's stream (the fused kernel's flags are
-    cleared by a captured cf_zero, so replays do not see the previous run's)."""
+    cleared by a captured cf_prep, so replays do not see the previous run's)."""
     shape = Shape(4, 8, 32, 64, 64, 3, 8)
     x, p = inputs(shape, cuda_device, seed)
     x_new, _ = inputs(shape, cuda_device, seed + 1)

@@ -55,7 +55,7 @@ def assert_sane(plan, device, x_shape, C_out, K, G):
         assert plan.workspace_bytes >= 16 * N * G * plan.slots
         assert not any(ln.cooperative for ln in plan.launches)
     assert 0 <= plan.smem_bytes <= device.smem_optin, (plan.smem_bytes, device.smem_optin)
-    assert len(plan.kernels) == 2 and set(plan.kernels) <= kernels_in_source(), plan.kernels
+    assert plan.kernels == plan_module.KERNELS[plan.engine] and set(plan.kernels) <= kernels_in_source(), plan.kernels
     assert isinstance(plan.defines, dict) and plan.defines in plan_module.build_variants(), plan.defines
     cw = plan.chunk_width
     assert cw == (16 if C_out <= 16 else 32), (C_out, plan.defines)
@@ -63,8 +63,15 @@ def assert_sane(plan, device, x_shape, C_out, K, G):
     if plan.engine == "direct":
         assert plan.smem_bytes == 4 * sc["off_xs"] and sc["wres"] == 0  # nothing staged
     else:  # the weights of one chunk, cw x 8 x K x K, big and small parts, last
-        assert sc["off_ws"] % 4 == 0 and plan.smem_bytes == 4 * (sc["off_ws"] + 16 * cw * K * K), plan.describe()
+        steps = K * ((K + 1) // 2) if C_in <= 4 and K > 1 else K * K  # k-steps: C_in <= 4 pairs a row's taps
+        assert sc["off_ws"] % 4 == 0 and plan.smem_bytes == 4 * (sc["off_ws"] + 16 * cw * steps), plan.describe()
+        # The workspace: the statistics, then every chunk pair's weights, split (cf_prep), 16-byte aligned.
+        pairs = -(-C_out // cw) * -(-C_in // 8) * 8 * cw * steps
+        assert sc["off_wp"] % 2 == 0 and plan.workspace_shape == (sc["off_wp"] + pairs,), plan.workspace_shape
+        prep = plan.launches[0]
+        assert prep.kernel == "cf_prep" and prep.grid[0] * prep.block[0] >= max(pairs, sc["teams"])
         assert sc["wres"] == int(C_out <= cw and C_in <= 8)  # one chunk's weights, staged once per block
+    assert sc["teams"] == (plan.teams if plan.engine == "fused" else 0)  # cf_prep clears `teams` arrival counts
     text = plan.describe()
     assert isinstance(text, str) and plan.engine in text
 
@@ -124,7 +131,7 @@ def test_forced_engines(device):
     else:
         assert plan_of(device, **DEFAULT, engine="fused") == plan_of(device, **DEFAULT)
     mma = plan_of(device, **DEFAULT, engine="mma")
-    assert mma.engine == "mma" and mma.kernels == ("cf_stats_mma", "cf_norm_mma")
+    assert mma.engine == "mma" and mma.kernels == ("cf_prep", "cf_stats_mma", "cf_norm_mma")
     assert_sane(mma, device, **DEFAULT)
     with pytest.raises(ValueError, match="engine"):
         plan_of(device, **DEFAULT, engine="winograd")
@@ -169,7 +176,7 @@ def test_chunk_width(device, C_out, G, nt):
     defines both backends build from, and said by describe() where it is not the default."""
     for engine in ENGINES:
         plan = plan_of(device, (4, 8, 64, 64), C_out, 3, G, engine=engine)
-        assert plan.defines == dict(plan_module.DEFAULT_DEFINES, CF_NT=nt), (engine, plan.defines)
+        assert plan.defines == dict(plan_module.DEFAULT_DEFINES, CF_NT=nt), (engine, plan.defines)  # C_in = 8
         assert plan.chunk_width == 8 * nt
         assert_sane(plan, device, (4, 8, 64, 64), C_out, 3, G)
         head = plan.describe().split(";")[0]  # what the benchmark's table shows
@@ -197,13 +204,32 @@ def test_chunk_width_shared_memory():
         assert all(n or not w for n, w in zip(narrow, wide)) and sum(narrow) > sum(wide), device.name
 
 
+@pytest.mark.parametrize("K, steps", [(1, 1), (2, 2), (3, 6), (4, 8), (5, 15)])
+def test_paired_taps_shared_memory(K, steps):
+    """C_in <= 4 (K > 1): the weights of a row's taps q and q + 1 share a k-step (cuda_src: cf_pair_taps), so the
+    staged chunk holds K * (K + 1) / 2 k-steps of 512 words (big and small) instead of K * K; from C_in = 5 on, all
+    K * K."""
+    for C_in, n in ((1, steps), (3, steps), (4, steps), (5, K * K), (8, K * K)):
+        plan = plan_of(H100, (2, C_in, 64, 64), 64, K, 4, engine="mma")
+        assert plan.smem_bytes == 4 * (plan.scalars["off_ws"] + 512 * n), (C_in, K, plan.describe())
+        assert plan.defines["CF_PAIR"] == int(n < K * K or (C_in <= 4 and K > 1)), plan.defines  # its own build
+    # The sweep's 32,3,64,256,256,5,16: 3 blocks per SM fit on an H100 (2 with all 25 k-steps staged).
+    plan = plan_of(H100, (32, 3, 256, 256), 64, 5, 16)
+    assert H100.smem_per_sm // (plan.smem_bytes + plan_module._SMEM_RESERVED) == 3, plan.describe()
+
+
 def test_build_variants_cover_every_plan():
     """plan.build_variants() (what the nvcc compile checks build) holds every define set make_plan returns,
     the default first."""
     variants = plan_module.build_variants()
     assert variants[0] == plan_module.DEFAULT_DEFINES
     assert _sources.compile_check_text() == _sources.source_text(variants[0])
-    seen = [plan_of(H100, (2, 8, 32, 32), C_out, 3, 1, engine=e).defines for C_out in range(1, 70) for e in ENGINES]
+    seen = [
+        plan_of(H100, (2, C_in, 32, 32), C_out, 3, 1, engine=e).defines
+        for C_in in (1, 4, 5, 8)
+        for C_out in range(1, 70)
+        for e in ENGINES
+    ]
     assert all(d in variants for d in seen), [d for d in seen if d not in variants]
     assert all(v in seen for v in variants), "a build variant that no plan uses"
 

@@ -17,8 +17,9 @@ from cupyfused.reference import make_inputs, reference_forward
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
 # (N, C_in, C_out, H, W, K, G): partial tiles both ways, C_in not a multiple of 4, groups of 10 straddling
-# the 32-channel chunk; an even K with a narrow image; the 16-channel-chunk build with two input k-steps.
-SHAPES = [(2, 5, 40, 19, 70, 3, 4), (1, 8, 32, 11, 9, 4, 8), (2, 11, 16, 19, 70, 3, 4)]
+# the 32-channel chunk; an even K with a narrow image and C_in = 3 (paired taps); the 16-channel-chunk build with
+# two input k-steps.
+SHAPES = [(2, 5, 40, 19, 70, 3, 4), (1, 3, 32, 11, 9, 4, 8), (2, 11, 16, 19, 70, 3, 4)]
 ENGINES = ("fused", "mma", "direct")
 
 CHILD = r"""

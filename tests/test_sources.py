@@ -22,7 +22,7 @@ KERNEL_RE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__
 SOURCE_SUFFIXES = (".cu", ".cuh", ".h")
 ARCHS = ("sm_80", "sm_90")
 VARIANTS = plan_module.build_variants()  # the default build first
-VARIANT_IDS = [f"nt{d['CF_NT']}" for d in VARIANTS]
+VARIANT_IDS = [f"nt{d['CF_NT']}-pair{d['CF_PAIR']}" for d in VARIANTS]
 
 
 def source_files(folder):
@@ -173,7 +173,8 @@ def test_fused_spills_stay_out_of_the_mma_loop(arch, defines, cuda_device, tmp_p
     local = [ln.strip() for ln in span if re.search(r"\b(LDL|STL)\b", ln)]
     others = len(span) - len(mma)
     nt = defines["CF_NT"]
-    report(f"sass {arch}", f"cf_fused_mma, CF_NT={nt}: {len(mma)} HMMA; among them {len(local)} LDL/STL, {others} "
+    variant = VARIANT_IDS[VARIANTS.index(defines)]
+    report(f"sass {arch}", f"cf_fused_mma, {variant}: {len(mma)} HMMA; among them {len(local)} LDL/STL, {others} "
            "others in all")  # fmt: skip
     assert not local, "local-memory traffic inside the mma loop:\n" + "\n".join(local[:20])
     # Register moves between the mma: ptxas inserts them when accumulators must also sit in adjacent pairs
@@ -190,15 +191,16 @@ def test_fused_spills_stay_out_of_the_mma_loop(arch, defines, cuda_device, tmp_p
 @pytest.fixture(scope="module")
 def ptxas_builds(tmp_path_factory):
     """Every (arch, build variant) compile of the check below, all started at once (nvcc is single-threaded, so
-    the variants cost little wall time on a multi-core machine): {(arch, CF_NT): future of (cubin, ptxas log)}."""
+    the variants cost little wall time on a multi-core machine): {(arch, variant id): future of (cubin, ptxas
+    log)}."""
     if shutil.which("nvcc") is None:
         pytest.skip("nvcc is not on PATH: the compile check needs the CUDA toolkit")
     root = tmp_path_factory.mktemp("ptxas")
     with ThreadPoolExecutor(max_workers=len(ARCHS) * len(VARIANTS)) as pool:
         yield {
-            (arch, d["CF_NT"]): pool.submit(compile_cubin, arch, root / f"{arch}_nt{d['CF_NT']}", ("-Xptxas", "-v"), d)
+            (arch, v): pool.submit(compile_cubin, arch, root / f"{arch}_{v}", ("-Xptxas", "-v"), d)
             for arch in ARCHS
-            for d in VARIANTS
+            for d, v in zip(VARIANTS, VARIANT_IDS)
         }
 
 
@@ -207,8 +209,8 @@ def ptxas_builds(tmp_path_factory):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_nvcc_compiles_every_kernel_without_spills(arch, defines, ptxas_builds):
     kernels = set(KERNEL_RE.findall(_sources.source_text(defines)))
-    nt = defines["CF_NT"]
-    _, log = ptxas_builds[arch, nt].result()
+    variant = VARIANT_IDS[VARIANTS.index(defines)]
+    _, log = ptxas_builds[arch, variant].result()
     funcs = parse_ptxas(log)
     entries = {name for name, f in funcs.items() if f.get("entry")}
     assert entries == kernels, f"ptxas compiled {sorted(entries)}, the sources define {sorted(kernels)}\n{log}"
@@ -218,7 +220,7 @@ def test_nvcc_compiles_every_kernel_without_spills(arch, defines, ptxas_builds):
     for name, f in sorted(funcs.items()):
         assert "registers" in f and "spill_stores" in f, f"no ptxas report for {name}:\n{log}"
         if f["entry"]:
-            report(f"ptxas {arch} CF_NT={nt}", f"{name}: {f['registers']} registers, {f['smem']} B static smem, "
+            report(f"ptxas {arch} {variant}", f"{name}: {f['registers']} registers, {f['smem']} B static smem, "
                    f"{f['stack']} B stack, spills {f['spill_stores']}/{f['spill_loads']} B")  # fmt: skip
             if name.endswith("_mma"):
                 assert f["registers"] <= budget, f"{arch}: {name} uses {f['registers']} registers (budget {budget})"
