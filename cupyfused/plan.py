@@ -13,11 +13,14 @@ Engines (``engine="auto"`` picks the first that applies):
 - ``"direct"``: the same two passes with an FP32 FMA conv from global memory, any shape.
 
 The output channels are computed in chunks of 32 (``CF_NT`` = 4 n8 mma tiles), or of 16 where C_out <= 16
-(``CF_NT`` = 2; :func:`make_plan` puts the choice in :attr:`Plan.defines`, and sizes shared memory to match).
-The mma tile (8 channels x (4 + K - 1) x (64 + K - 1) input pixels and one CW x 8 x K x K weight chunk, CW the
-chunk width, both split into two TF32 halves) must fit in one block's shared memory: with 32-channel chunks up
-to K = 7 on an A100, K = 9 on an H100 and K = 5 on GPUs with 99 KiB per block (sm_86, sm_89); with 16-channel
-chunks up to K = 10, 12 and 7. A fallback is announced once per shape class with a
+(``CF_NT`` = 2); where C_in <= 4 and K > 1 one 8-channel k-step carries two taps of a row (``CF_PAIR`` = 1).
+:func:`make_plan` puts both choices in :attr:`Plan.defines` (four builds in all: :func:`build_variants`) and
+sizes shared memory to match. The mma tile (8 channels x (4 + K - 1) x (64 + K - 1) input pixels and one
+CW x 8 x K x K weight chunk, CW the chunk width, both split into two TF32 halves; with paired taps K x (K + 1) / 2
+k-steps of weights instead of K x K) must fit in one block's shared memory: with 32-channel chunks and C_in > 4
+up to K = 7 on an A100, K = 9 on an H100 and K = 5 on GPUs with 99 KiB per block (sm_86, sm_89); with 16-channel
+chunks up to K = 10, 12 and 7. The mma engines' first launch, ``cf_prep``, writes every chunk's split weights to
+the workspace once per forward. A fallback is announced once per shape class with a
 :class:`PerformanceWarning` and always named by :meth:`Plan.describe`.
 """
 
