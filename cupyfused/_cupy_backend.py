@@ -1,19 +1,20 @@
-"""Backend ``cupy``: the sources of ``cuda_src/`` compiled by NVRTC through ``cupy.RawModule`` and launched by
-CuPy. Torch tensors are shared with CuPy zero-copy through DLPack; CuPy arrays need no torch at all.
+"""Backend ``cupy``: the sources of ``cuda_src/`` compiled by NVRTC through ``cupy.RawModule`` and launched through
+CuPy's driver API (``cuLaunchKernel`` / ``cuLaunchCooperativeKernel`` with the arguments packed as the torch
+backend packs them). Torch tensors are shared with CuPy zero-copy through DLPack; CuPy arrays need no torch at all.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pathlib
 import sys
+import threading
 import time
 import warnings
 
-import numpy as np
-
 from . import _sources
-from .plan import ALL_KERNELS
+from .plan import ALL_KERNELS, ARG_SLOTS
 
 _modules: dict = {}
 
@@ -69,9 +70,6 @@ def module(device_id: int, defines: dict):
     return _modules[key]
 
 
-_PACK = {"q": np.int64, "i": np.int32, "f": np.float32}
-
-
 def view(tensor):
     """CuPy's zero-copy view of a torch CUDA tensor, through a DLPack capsule: the caller works on the stream
     the tensor's producer used (torch's current stream), so the ``__dlpack__`` stream handshake, which costs
@@ -111,46 +109,50 @@ def external_stream(torch_stream, device_id: int):
     return stream
 
 
-_SCALARS: dict = {}
 # id of a build's kernel (kept for the process in _modules, one per device and define set) -> the dynamic shared
 # memory it was allowed above 48 KiB
 _OPTED_IN: dict = {}
+_LOCAL = threading.local()
 
 
-def _packed(args) -> tuple:
-    """The argument tuple for CuPy: arrays as they are, scalars as numpy scalars of their C type (made once per
-    distinct scalar list)."""
-    key = tuple(v for t, v in args if t != "p")
-    scalars = _SCALARS.get(key)
-    if scalars is None:
-        if len(_SCALARS) >= 256:
-            _SCALARS.clear()
-        scalars = _SCALARS[key] = [_PACK[t](v) for t, v in args if t != "p"]
-    it = iter(scalars)
-    return tuple(v if t == "p" else next(it) for t, v in args)
+def _parameter_block():
+    """This thread's kernel-parameter block: the argument slots (ARG_SLOTS) and the array of pointers to them that
+    the launch reads. The driver copies the values during the launch call, so one block per thread serves every
+    launch."""
+    block = getattr(_LOCAL, "block", None)
+    if block is None:
+        slots = ctypes.create_string_buffer(ARG_SLOTS.size)
+        base = ctypes.addressof(slots)
+        pointers = (ctypes.c_void_p * (ARG_SLOTS.size // 8))(*(base + 8 * i for i in range(ARG_SLOTS.size // 8)))
+        block = _LOCAL.block = (slots, pointers, ctypes.addressof(pointers))
+    return block
 
 
 def launch(plan, args, device_id: int, stream) -> None:
-    """Run the plan's kernels in order on ``stream``; pointer arguments are CuPy arrays on ``device_id``."""
+    """Run the plan's kernels in order on ``stream``; pointer arguments are CuPy arrays on ``device_id``. The
+    launches go straight to the driver with the packed argument slots: CuPy's generic kernel call converts each
+    argument on every launch, which cost more host time than the rest of a small forward (bench/host_profile.py:
+    68 us of a 209 us call at N = 1 on one machine)."""
     import cupy
+    from cupy.cuda import driver
 
     kernels = module(device_id, plan.defines)
-    packed = _packed(args)
+    slots, _, parameters = _parameter_block()
+    ARG_SLOTS.pack_into(slots, 0, *[v.data.ptr if t == "p" else v for t, v in args])
 
     def occupancy(ln):
-        fn = kernels[ln.kernel].kernel
-        return cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.ptr, ln.block[0], ln.smem_bytes)
+        return driver.occupancyMaxActiveBlocksPerMultiprocessor(kernels[ln.kernel].kernel.ptr, ln.block[0],
+                                                               ln.smem_bytes)  # fmt: skip
 
-    with cupy.cuda.Device(device_id), stream:
+    with cupy.cuda.Device(device_id):
         for ln in plan.launches:
             fn = kernels[ln.kernel]
             if ln.smem_bytes > _OPTED_IN.get(id(fn), 48 * 1024):
                 fn.max_dynamic_shared_size_bytes = ln.smem_bytes  # a driver call: only when it must grow
                 _OPTED_IN[id(fn)] = ln.smem_bytes
-            if not ln.cooperative:
-                fn(ln.grid, ln.block, packed, shared_mem=ln.smem_bytes)
-                continue
-            plan.check_residency(ln, occupancy, build=("cupy", device_id))
-            # Through the Function itself: RawModule(enable_cooperative_groups=True) would compile with
-            # --device-c, and this build would no longer match the torch backend's.
-            fn.kernel(ln.grid, ln.block, packed, shared_mem=ln.smem_bytes, enable_cooperative_groups=True)
+            f, (gx, gy, gz), (bx, by, bz) = fn.kernel.ptr, ln.grid, ln.block
+            if ln.cooperative:
+                plan.check_residency(ln, occupancy, build=("cupy", device_id))
+                driver.launchCooperativeKernel(f, gx, gy, gz, bx, by, bz, ln.smem_bytes, stream.ptr, parameters)
+            else:
+                driver.launchKernel(f, gx, gy, gz, bx, by, bz, ln.smem_bytes, stream.ptr, parameters, 0)

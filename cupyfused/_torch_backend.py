@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import os
 import pathlib
-import struct
 import sys
 import time
 
 from . import _sources
-from .plan import ALL_KERNELS, SIGNATURE
+from .plan import ALL_KERNELS, ARG_SLOTS
 
 _GLUE = r"""
 #include <torch/extension.h>
@@ -190,17 +189,11 @@ def module(device_index: int, defines: dict, arch=None):
     return _modules[key]
 
 
-# Every kernel argument in an 8-byte little-endian slot, as cf_run reads them: pointer, int64, int32 / float32 in
-# the slot's first 4 bytes.
-_SLOT = {"p": "Q", "q": "q", "i": "i4x", "f": "f4x"}
-_PACK = struct.Struct("<" + "".join(_SLOT[t] for _, t in SIGNATURE))
-
-
 def launch(plan, args, device_index: int) -> None:
     """Run the plan's kernels in order on torch's current stream of ``device_index``; args are (type code, value)
     pairs in SIGNATURE order, pointers as torch tensors on that device (the caller checked the devices)."""
     mod = module(device_index, plan.defines, ARCH)
-    packed = _PACK.pack(*[v.data_ptr() if t == "p" else v for t, v in args])
+    packed = ARG_SLOTS.pack(*[v.data_ptr() if t == "p" else v for t, v in args])
 
     def occupancy(ln):
         return mod.cf_blocks_per_sm(ln.kernel, device_index, ln.block[0], ln.smem_bytes)

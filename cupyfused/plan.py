@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import struct
 import warnings
 
 # Compile-time constants of cuda_src/cupyfused.cu (documented at its top).
@@ -61,6 +62,9 @@ SIGNATURE = (
     ("eps", "f"),
 )  # fmt: skip
 BUFFERS = tuple(name for name, t in SIGNATURE if t == "p")
+# How both launchers hand the arguments to the driver: each in an 8-byte little-endian slot (pointer, int64, or an
+# int32 / float32 in the slot's first 4 bytes), one pointer per slot in the launch's parameter array.
+ARG_SLOTS = struct.Struct("<" + "".join({"p": "Q", "q": "q", "i": "i4x", "f": "f4x"}[t] for _, t in SIGNATURE))
 
 # Shared memory by compute capability, where the framework does not report it: per block (opt-in), per SM.
 _SMEM_OPTIN_BY_CC = {(8, 0): 166912, (9, 0): 232448, (10, 0): 232448}

@@ -8,7 +8,7 @@ import pytest
 
 from cupyfused import _sources, make_plan
 from cupyfused import plan as plan_module
-from cupyfused.plan import ENGINES, DeviceInfo
+from cupyfused.plan import ENGINES, SIGNATURE, DeviceInfo
 
 # The fallbacks these plans take are asserted where they are the point (pytest.warns still records them).
 pytestmark = pytest.mark.filterwarnings("ignore::cupyfused.plan.PerformanceWarning")
@@ -313,3 +313,16 @@ def test_residency_check(monkeypatch):
     assert asked == [launch, launch]
     with pytest.raises(RuntimeError, match="resident blocks"):
         plan.check_residency(launch, per_sm(0), build=("test", 1))  # another build is asked
+
+
+def test_argument_slots():
+    """Both launchers pass the kernels' arguments as 8-byte slots, in SIGNATURE order: an int32 or a float32 in
+    the first 4 bytes of its slot (little-endian, as the kernel reads its parameter), int64 and pointers whole."""
+    import struct
+
+    values = [0x1000 * (i + 1) if t == "p" else (0.25 if t == "f" else -(i + 1)) for i, (_, t) in enumerate(SIGNATURE)]
+    packed = plan_module.ARG_SLOTS.pack(*values)
+    assert len(packed) == 8 * len(SIGNATURE)  # one slot per argument
+    for i, ((name, t), v) in enumerate(zip(SIGNATURE, values)):
+        fmt = {"p": "<Q", "q": "<q", "i": "<i", "f": "<f"}[t]
+        assert struct.unpack_from(fmt, packed, 8 * i)[0] == v, name
