@@ -2,6 +2,9 @@
 both backends with CUDA-graph replay (no host overhead), after checking each against float64 on a slice.
 
     python bench/engine_sweep.py [--backend cupy|torch] [--reps 20] [--variants fused,fused:1,mma+CF_MIN_BLOCKS=4]
+
+A variant is engine[:tiles per block][+NAME=VALUE...]; NAME=VALUE sets a compile-time constant (CF_WARPS and CF_MT
+also set the plan's tile shape, CF_MIN_BLOCKS its blocks per SM).
 """
 
 import argparse
@@ -25,7 +28,7 @@ ref = reference_forward(x[:4], *p.values(), d["G"])
 OH, OW = d["H"] - d["K"] + 1, d["W"] - d["K"] + 1
 out = torch.empty(d["N"], d["C_out"], OH, OW, device="cuda")
 results = {}
-BLOCKS_PER_SM = plan.MMA_BLOCKS_PER_SM
+BLOCKS_PER_SM, WARPS, MT = plan.MMA_BLOCKS_PER_SM, plan.WARPS, plan.MT
 for variant in args.variants.split(","):
     variant, *dev = variant.split("+")  # engine[:tiles per block][+NAME=VALUE...]: compile-time constants
     engine, _, k = variant.partition(":")
@@ -33,6 +36,9 @@ for variant in args.variants.split(","):
     for m in dev:
         name, _, value = m.partition("=")
         extra[name] = value or 1
+    # The plan's tile geometry follows CF_WARPS and CF_MT, so that other tile shapes can be timed too.
+    plan.WARPS, plan.MT = int(extra.get("CF_WARPS", WARPS)), int(extra.get("CF_MT", MT))
+    plan.TILE_H, plan.TILE_W, plan.THREADS = plan.WARPS, 16 * plan.MT, 32 * plan.WARPS
     plan.DEFAULT_DEFINES = dict({"CF_WARPS": plan.WARPS, "CF_MT": plan.MT}, **extra)
     plan.MMA_BLOCKS_PER_SM = int(extra.get("CF_MIN_BLOCKS", BLOCKS_PER_SM))
     variant = "+".join([variant] + dev)

@@ -168,14 +168,15 @@ __device__ __forceinline__ void cf_mma(float (&d)[4], cf_u32 a0, cf_u32 a1, cf_u
 
 // sigmoid((acc + cb) * scale) with cb = conv.bias + bias, as 1 / (1 + 2^(acc * sl + cb * sl)), sl = -scale *
 // log2(e) and cbsl = cb * sl per channel: the exponent in one FMA, 2^ on the SFU (2 ulp, as expf), the
-// reciprocal refined by one Newton step (within an ulp). Explicit rounding intrinsics pin the arithmetic, so no
-// compiler can contract it differently.
+// reciprocal on the SFU (rcp.approx, at most 1 ulp; a Newton step after it cost 1.4% of the default problem's time
+// for half an ulp: bench/NOTES.md step gg). Explicit rounding intrinsics pin the arithmetic, so no compiler can
+// contract it differently.
 __device__ __forceinline__ float cf_sigmoid(float acc, float cbsl, float sl) {
   float e, r;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(__fmaf_rn(acc, sl, cbsl)));
   const float d = __fadd_rn(1.0f, e);
   asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(d));
-  return __fmaf_rn(r, __fmaf_rn(-d, r, 1.0f), r);
+  return r;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -601,64 +602,82 @@ __device__ __forceinline__ void cf_store2(float* p, float v0, float v1, unsigned
                  : "memory");
 }
 
-// Output row of channel o of sample n at this lane's first pixel pair of tile u, or null where the channel or
-// the row lies outside the output.
-__device__ __forceinline__ float* cf_lane_row(const CfArgs& a, int n, int o, const CfTile& u) {
-  if (!u.row_ok || o >= a.Cout) return nullptr;
-  return a.out + ((long long)(n * a.Cout + o) * a.OH + u.row) * a.OW + cf_lane_col(u);
+// This lane's first pixel pair of tile u in the output plane of channel o of sample n (the warp's row clamped into
+// the output, so that the pointer stays inside it; an invalid row has no columns left, cf_lane_cols). Channel
+// o + 1 is one plane (OH * OW elements) further.
+__device__ __forceinline__ float* cf_lane_ptr(const CfArgs& a, int n, int o, const CfTile& u) {
+  return a.out + ((long long)(n * a.Cout + o) * a.OH + min(u.row, a.OH - 1)) * a.OW + cf_lane_col(u);
 }
-
-// Reads channel slice (nt, j) of a parked unit (tile u, chunk co) back into acc: the elements this thread wrote.
-__device__ __forceinline__ void cf_unpark_slice(const CfArgs& a, float (&acc)[CF_MT][CF_NT][4], int n, int co,
-                                                const CfTile& u, int nt, int j) {
-  const float* orow = cf_lane_row(a, n, co * CF_CW + nt * 8 + 2 * (threadIdx.x & 3) + j, u);
-  const int lim = cf_lane_lim(a, u);
-#pragma unroll
-  for (int mt = 0; mt < CF_MT; ++mt) {
-    // Two 4-byte loads, not one 8-byte load: registers loaded as a pair would have to be adjacent, which the mma
-    // accumulators they become are not (ptxas then fills the conv loop with register moves: measured).
-    acc[mt][nt][j] = (orow != nullptr && 16 * mt < lim) ? __ldcg(orow + 16 * mt) : 0.0f;
-    acc[mt][nt][2 + j] = (orow != nullptr && 16 * mt + 1 < lim) ? __ldcg(orow + 16 * mt + 1) : 0.0f;
-  }
-}
+__device__ __forceinline__ int cf_lane_cols(const CfArgs& a, const CfTile& u) { return u.row_ok ? cf_lane_lim(a, u) : 0; }
 
 // Writes one unit to out: HOW = CF_PARK the sigmoid values as they are (until the statistics are known),
 // CF_NORMALIZE normalized, CF_FINAL normalized with the evict-first policy (the single pass). SWAP: each channel
 // slice, once written, is refilled with the same slice of the parked unit (tile nu, chunk nco), so that those
 // loads' latency overlaps the rest of the stores.
-template <int HOW, bool SWAP = false>
-__device__ __forceinline__ void cf_unit_store(const CfArgs& a, const CfSmem& s, float (&acc)[CF_MT][CF_NT][4], int n,
-                                              int co, const CfTile& u, int nco = 0, const CfTile* nu = nullptr) {
-  if (!SWAP && !u.row_ok) return;
-  const int tig = threadIdx.x & 3;
-  const int lim = cf_lane_lim(a, u);
-  const bool pairs = cf_pairs(a);
+// One pointer per unit (and per parked unit), advanced one channel plane at a time through the slices; the column
+// bound is a predicate on each access. ANY = false is the common case, a unit (and the parked one) of valid rows
+// and all CF_CW channels with 8-byte pairs: no other checks and no branches. ANY = true checks every channel and
+// stores element by element where pairs are not aligned. Measured on the default problem: 5% faster than
+// per-slice row addresses and branches, of which the ANY = false path is most (bench/NOTES.md, step ff). The
+// empty asm keeps ptxas from precomputing every slice's address at once (it then spilled).
+template <int HOW, bool SWAP, bool ANY>
+__device__ __forceinline__ void cf_unit_store_as(const CfArgs& a, const CfSmem& s, float (&acc)[CF_MT][CF_NT][4],
+                                                 int n, int co, const CfTile& u, int nco, const CfTile* nu) {
+  const int tig = threadIdx.x & 3, c = co * CF_CW + 2 * tig, lim = cf_lane_cols(a, u);
+  const bool pairs = !ANY || cf_pairs(a);
+  const long long plane = (long long)a.OH * a.OW;
   const unsigned long long policy = cf_l2_policy<HOW>();
+  float* dst = cf_lane_ptr(a, n, c, u);
+  const float* src = nullptr;
+  int nc = 0, nlim = 0;
+  if (SWAP) nc = nco * CF_CW + 2 * tig, nlim = cf_lane_cols(a, *nu), src = cf_lane_ptr(a, n, nc, *nu);
 #pragma unroll
   for (int nt = 0; nt < CF_NT; ++nt)
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
-      const int o = co * CF_CW + nt * 8 + 2 * tig + j;
-      float* orow = cf_lane_row(a, n, o, u);
-      if (orow != nullptr) {
-        float m = 0.0f, sa = 0.0f, sb = 0.0f;
-        if (HOW != CF_PARK) m = s.ch_mean[o], sa = s.ch_a[o], sb = s.ch_b[o];
+      const int o = c + nt * 8 + j;  // this slice's channel
+      const bool ok = !ANY || o < a.Cout;
+      float m = 0.0f, sa = 0.0f, sb = 0.0f;
+      if (HOW != CF_PARK && ok) m = s.ch_mean[o], sa = s.ch_a[o], sb = s.ch_b[o];
 #pragma unroll
-        for (int mt = 0; mt < CF_MT; ++mt) {
-          if (16 * mt >= lim) continue;
-          float v0 = acc[mt][nt][j], v1 = acc[mt][nt][2 + j];
-          if (HOW != CF_PARK) v0 = fmaf(__fsub_rn(v0, m), sa, sb), v1 = fmaf(__fsub_rn(v1, m), sa, sb);
-          float* dst = orow + 16 * mt;
-          if (pairs) {
-            cf_store2<HOW>(dst, v0, v1, policy);
-          } else {
-            cf_store<HOW>(dst, v0, policy);
-            if (16 * mt + 1 < lim) cf_store<HOW>(dst + 1, v1, policy);
-          }
+      for (int mt = 0; mt < CF_MT; ++mt) {
+        float v0 = acc[mt][nt][j], v1 = acc[mt][nt][2 + j];
+        if (HOW != CF_PARK) v0 = fmaf(__fsub_rn(v0, m), sa, sb), v1 = fmaf(__fsub_rn(v1, m), sa, sb);
+        if (pairs) {
+          if (ok && 16 * mt < lim) cf_store2<HOW>(dst + 16 * mt, v0, v1, policy);
+        } else {
+          if (ok && 16 * mt < lim) cf_store<HOW>(dst + 16 * mt, v0, policy);
+          if (ok && 16 * mt + 1 < lim) cf_store<HOW>(dst + 16 * mt + 1, v1, policy);
         }
       }
-      if (SWAP) cf_unpark_slice(a, acc, n, nco, *nu, nt, j);
+      const long long step = j ? 7 * plane : plane;  // to the next slice's channel
+      dst += step;
+      asm volatile("" : "+l"(dst));
+      if (SWAP) {
+        // Two 4-byte loads, not one 8-byte load: registers loaded as a pair would have to be adjacent, which the
+        // mma accumulators they become are not (ptxas then fills the conv loop with register moves: measured).
+        const bool nok = !ANY || nc + nt * 8 + j < a.Cout;
+#pragma unroll
+        for (int mt = 0; mt < CF_MT; ++mt) {
+          acc[mt][nt][j] = (nok && 16 * mt < nlim) ? __ldcg(src + 16 * mt) : 0.0f;
+          acc[mt][nt][2 + j] = (nok && 16 * mt + 1 < nlim) ? __ldcg(src + 16 * mt + 1) : 0.0f;
+        }
+        src += step;
+        asm volatile("" : "+l"(src));
+      }
     }
+}
+
+template <int HOW, bool SWAP = false>
+__device__ __forceinline__ void cf_unit_store(const CfArgs& a, const CfSmem& s, float (&acc)[CF_MT][CF_NT][4], int n,
+                                              int co, const CfTile& u, int nco = 0, const CfTile* nu = nullptr) {
+  if (!SWAP && !u.row_ok) return;
+  const bool common = cf_pairs(a) && u.row_ok && (co + 1) * CF_CW <= a.Cout &&
+                      (!SWAP || (nu->row_ok && (nco + 1) * CF_CW <= a.Cout));
+  if (common)
+    cf_unit_store_as<HOW, SWAP, false>(a, s, acc, n, co, u, nco, nu);
+  else
+    cf_unit_store_as<HOW, SWAP, true>(a, s, acc, n, co, u, nco, nu);
 }
 
 // Sums the warps' statistics in warp order into the block's record of each group, recs[g * stride] (a double2 of
