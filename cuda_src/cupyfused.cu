@@ -198,6 +198,9 @@ __device__ __forceinline__ int cf_xs_half(const CfArgs& a) { return (a.in_ps + 1
 // then takes (K + 1) / 2 k-steps: 3 mma k-steps instead of 5 per row at K = 5, 2 instead of 3 at K = 3.
 __device__ __forceinline__ bool cf_pair_taps(const CfArgs& a) { return CF_PAIR && a.Cin <= 4 && a.K > 1; }
 __device__ __forceinline__ int cf_row_steps(const CfArgs& a) { return cf_pair_taps(a) ? (a.K + 1) >> 1 : a.K; }
+// Words of one part (big or small) of a chunk's weights in fragment order: 8 * CF_CW per k-step, K * rs k-steps
+// (cf_weight_word). A chunk's prepared and staged weights are both parts, big first (plan.py: the same size).
+__device__ __forceinline__ int cf_weight_part_words(const CfArgs& a) { return 8 * CF_CW * a.K * cf_row_steps(a); }
 
 __device__ __forceinline__ int cf_px_word(int p, int half, int hs) {
   return 8 * ((p & 1) * hs + (p >> 1)) + 4 * (half ^ ((p ^ (p >> 3)) & 1));
@@ -269,18 +272,17 @@ __device__ __forceinline__ float cf_weight_word(const CfArgs& a, int co0, int ci
 }
 
 // The mma engines' weights, prepared once per forward by cf_prep in the workspace: for every (output chunk co,
-// input chunk ci), 16 * CF_CW * K * rs words at (co * n_ci + ci) times that, the chunk's words (cf_weight_word)
-// split into TF32 big parts, then the small parts: the image of ws in shared memory (small parts
-// 8 * CF_CW * K * rs words after the big ones; the plan sizes ws the same way).
+// input chunk ci), two parts of cf_weight_part_words at (co * n_ci + ci) times that, the chunk's words
+// (cf_weight_word) split into TF32 big parts, then the small parts: the image of ws in shared memory.
 __device__ __forceinline__ cf_u32* cf_prepared(const CfArgs& a, int co, int ci) {
-  const long long words = 16LL * CF_CW * a.K * cf_row_steps(a);
+  const long long words = 2LL * cf_weight_part_words(a);
   return reinterpret_cast<cf_u32*>(a.partials + a.off_wp) + (co * ((a.Cin + 7) >> 3) + ci) * words;
 }
 
 // Copies the prepared weights of chunk (co, ci) to ws, 16 bytes per cp.async (global to shared without registers,
 // all of a thread's copies in flight at once); each thread waits for its own, the caller's barrier publishes them.
 __device__ __forceinline__ void cf_stage_weights(const CfArgs& a, cf_u32* ws, int co, int ci) {
-  const int vecs = 4 * CF_CW * a.K * cf_row_steps(a);  // 16-byte vectors of the 16 * CF_CW * K * rs words
+  const int vecs = cf_weight_part_words(a) >> 1;  // 16-byte vectors of both parts
   const char* src = reinterpret_cast<const char*>(cf_prepared(a, co, ci));
   const cf_u32 dst = (cf_u32)__cvta_generic_to_shared(ws);
   for (int i = threadIdx.x; i < vecs; i += CF_THREADS)
@@ -315,7 +317,7 @@ __device__ __forceinline__ void cf_conv_mma(const CfArgs& a, float (&acc)[CF_MT]
       for (int j = 0, q = 0; j < rs; ++j, q += qstep) {
         const int pq = p * rs + j;  // the k-step: tap (p, q), and (p, q + 1) with paired taps
         const uint4* wb = reinterpret_cast<const uint4*>(ws + pq * 8 * CF_CW) + lane;
-        const uint4* wsm = reinterpret_cast<const uint4*>(ws + 8 * CF_CW * a.K * rs + pq * 8 * CF_CW) + lane;
+        const uint4* wsm = reinterpret_cast<const uint4*>(ws + cf_weight_part_words(a) + pq * 8 * CF_CW) + lane;
         uint4 bb[CF_NT / 2], bs[CF_NT / 2];  // [half]: n-tiles 2 * half (x, y) and 2 * half + 1 (z, w)
 #pragma unroll
         for (int h = 0; h < CF_NT / 2; ++h) bb[h] = wb[32 * h];
@@ -856,7 +858,7 @@ extern "C" __global__ void __launch_bounds__(CF_THREADS, CF_MIN_BLOCKS) cf_fused
 // kernel's arrival counts cleared (`teams` of them; 0 for the two-pass kernels). One thread per (big, small) pair.
 extern "C" __global__ void cf_prep(CF_PARAMS) {
   const CfArgs a = CF_ARGS;
-  const int per = 8 * CF_CW * a.K * cf_row_steps(a), n_ci = (a.Cin + 7) >> 3;
+  const int per = cf_weight_part_words(a), n_ci = (a.Cin + 7) >> 3;
   const int n_co = (a.Cout + CF_CW - 1) >> CF_CW_LOG2;
   const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i < a.teams) reinterpret_cast<unsigned*>(a.partials)[i] = 0u;
