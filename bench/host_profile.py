@@ -56,9 +56,10 @@ def profile(n, backends):
     out = torch.empty(out_shape, device="cuda")
     ws = torch.empty(plan.workspace_shape, dtype=torch.float64, device="cuda")
     bufs = ops._buffers(x, params, C_out, ws, out, None)
-    args = plan.args(bufs, x.stride())
+    pointers = {k: v.data_ptr() for k, v in bufs.items()}
+    values = plan.arg_values(pointers, x.stride())
     mod = _torch_backend.module(dev, plan.defines, None)
-    packed = ARG_SLOTS.pack(*[v.data_ptr() if t == "p" else v for t, v in args])
+    packed = ARG_SLOTS.pack(*values)
     specs = [(ln.kernel, ln.grid[0], ln.block[0], ln.smem_bytes, ln.cooperative) for ln in plan.launches]
     parts = {
         "validate": lambda: ops._validate(x, params, d["G"], 1e-5, "torch", "auto", None),
@@ -66,12 +67,13 @@ def profile(n, backends):
         "torch.empty(ws)": lambda: torch.empty(plan.workspace_shape, dtype=torch.float64, device=x.device),
         "plan lookup": lambda: ops._plan(x.shape, C_out, K, d["G"], ops._device_info("torch", dev), "auto", 1e-5),
         "buffers": lambda: ops._buffers(x, params, C_out, ws, out, None),
-        "plan.args": lambda: plan.args(bufs, x.stride()),
-        "pack": lambda: ARG_SLOTS.pack(*[v.data_ptr() if t == "p" else v for t, v in args]),
+        "pointers": lambda: {k: v.data_ptr() for k, v in bufs.items()},
+        "plan.arg_values": lambda: plan.arg_values(pointers, x.stride()),
+        "pack": lambda: ARG_SLOTS.pack(*values),
         "cf_run(both)": lambda: mod.cf_run(dev, tuple(specs), packed),
         "cf_run(cf_prep)": lambda: mod.cf_run(dev, (specs[0],), packed),
         "cf_run(fused)": lambda: mod.cf_run(dev, (specs[-1],), packed),
-        "backend launch": lambda: _torch_backend.launch(plan, args, dev),
+        "backend launch": lambda: _torch_backend.launch(plan, bufs, x.stride(), dev),
     }
     for name, fn in parts.items():
         print(f"N={n}   {name}: {per_call_us(fn):.1f} us")
@@ -98,7 +100,8 @@ def cupy_parts(n, x, params):
         pc = {k: ops._param_view(v, v) for k, v in params.items()}
         ws = cupy.empty(plan.workspace_shape, dtype=cupy.float64)
         bufs = ops._buffers(xc, pc, C_out, ws, outc, cupy)
-        args = plan.args(bufs, x.stride())
+        pointers = {k: v.data.ptr for k, v in bufs.items()}
+        values = plan.arg_values(pointers, x.stride())
         parts = {
             "torch.cuda.device context": lambda: enter_exit(torch.cuda.device(dev)),
             "torch current_stream": lambda: torch.cuda.current_stream(dev),
@@ -109,9 +112,10 @@ def cupy_parts(n, x, params):
             "is_current_stream_capturing": lambda: torch.cuda.is_current_stream_capturing(),
             "cupy.empty(ws)": lambda: cupy.empty(plan.workspace_shape, dtype=cupy.float64),
             "buffers": lambda: ops._buffers(xc, pc, C_out, ws, outc, cupy),
-            "plan.args": lambda: plan.args(bufs, x.stride()),
-            "pack args": lambda: ARG_SLOTS.pack(*[v.data.ptr if t == "p" else v for t, v in args]),
-            "backend launch": lambda: _cupy_backend.launch(plan, args, dev, stream),
+            "pointers": lambda: {k: v.data.ptr for k, v in bufs.items()},
+            "plan.arg_values": lambda: plan.arg_values(pointers, x.stride()),
+            "pack args": lambda: ARG_SLOTS.pack(*values),
+            "backend launch": lambda: _cupy_backend.launch(plan, bufs, x.stride(), dev, stream),
         }
         for name, fn in parts.items():
             print(f"N={n}   cupy {name}: {per_call_us(fn):.1f} us")

@@ -128,17 +128,18 @@ def _parameter_block():
     return block
 
 
-def launch(plan, args, device_id: int, stream) -> None:
-    """Run the plan's kernels in order on ``stream``; pointer arguments are CuPy arrays on ``device_id``. The
-    launches go straight to the driver with the packed argument slots: CuPy's generic kernel call converts each
-    argument on every launch, which cost more host time than the rest of a small forward (bench/host_profile.py:
-    68 us of a 209 us call at N = 1 on one machine)."""
+def launch(plan, buffers: dict, x_strides, device_id: int, stream) -> None:
+    """Run the plan's kernels in order on ``stream``. ``buffers``: the pointer arguments (plan.BUFFERS) as CuPy
+    arrays on ``device_id``; ``x_strides``: x's element strides. The launches go straight to the driver with the
+    packed argument slots: CuPy's generic kernel call converts each argument on every launch, which cost more host
+    time than the rest of a small forward (bench/host_profile.py: 68 us of a 209 us call at N = 1 on one
+    machine)."""
     import cupy
     from cupy.cuda import driver
 
     kernels = module(device_id, plan.defines)
     slots, _, parameters = _parameter_block()
-    ARG_SLOTS.pack_into(slots, 0, *[v.data.ptr if t == "p" else v for t, v in args])
+    ARG_SLOTS.pack_into(slots, 0, *plan.arg_values({k: v.data.ptr for k, v in buffers.items()}, x_strides))
 
     def occupancy(ln):
         return driver.occupancyMaxActiveBlocksPerMultiprocessor(kernels[ln.kernel].kernel.ptr, ln.block[0],

@@ -189,11 +189,12 @@ def module(device_index: int, defines: dict, arch=None):
     return _modules[key]
 
 
-def launch(plan, args, device_index: int) -> None:
-    """Run the plan's kernels in order on torch's current stream of ``device_index``; args are (type code, value)
-    pairs in SIGNATURE order, pointers as torch tensors on that device (the caller checked the devices)."""
+def launch(plan, buffers: dict, x_strides, device_index: int) -> None:
+    """Run the plan's kernels in order on torch's current stream of ``device_index``. ``buffers``: the pointer
+    arguments (plan.BUFFERS) as torch tensors on that device (the caller checked the devices); ``x_strides``: x's
+    element strides."""
     mod = module(device_index, plan.defines, ARCH)
-    packed = ARG_SLOTS.pack(*[v.data_ptr() if t == "p" else v for t, v in args])
+    packed = ARG_SLOTS.pack(*plan.arg_values({k: v.data_ptr() for k, v in buffers.items()}, x_strides))
 
     def occupancy(ln):
         return mod.cf_blocks_per_sm(ln.kernel, device_index, ln.block[0], ln.smem_bytes)

@@ -251,7 +251,7 @@ def _run_torch_input(x, params, given, G, eps, backend, engine, out, dev, out_sh
     if backend == "torch":  # the extension launches under its own device guard on torch's current stream
         ws = torch.empty(plan.workspace_shape, dtype=torch.float64, device=x.device)
         bufs = _buffers(x, params, out_shape[1], ws, out, None)
-        _torch_backend.launch(plan, plan.args(bufs, x.stride()), dev)
+        _torch_backend.launch(plan, bufs, x.stride(), dev)
         return out
     import cupy
 
@@ -267,7 +267,7 @@ def _run_torch_input(x, params, given, G, eps, backend, engine, out, dev, out_sh
             else:
                 ws = cupy.empty(plan.workspace_shape, dtype=cupy.float64)  # less host time than the above
             bufs = _buffers(xc, pc, out_shape[1], ws, outc, cupy)
-        _cupy_backend.launch(plan, plan.args(bufs, x.stride()), dev, stream)
+        _cupy_backend.launch(plan, bufs, x.stride(), dev, stream)
     return out
 
 
@@ -312,7 +312,7 @@ def _run_cupy_input(x, params, G, eps, backend, engine, out, dev, out_shape, K):
         if backend == "cupy":
             ws = cupy.empty(plan.workspace_shape, dtype=cupy.float64)
             bufs = _buffers(x, params, out_shape[1], ws, out, cupy)
-            _cupy_backend.launch(plan, plan.args(bufs, strides), dev, stream)
+            _cupy_backend.launch(plan, bufs, strides, dev, stream)
             return out
     # The torch backend on CuPy arrays runs on CuPy's current stream, through torch's view of it.
     import torch
@@ -323,7 +323,7 @@ def _run_cupy_input(x, params, G, eps, backend, engine, out, dev, out_shape, K):
         pt = {k: torch.from_dlpack(v) for k, v in params.items()}
         ws = torch.empty(plan.workspace_shape, dtype=torch.float64, device=device)
         bufs = _buffers(xt, pt, out_shape[1], ws, torch.from_dlpack(out), None)
-        _torch_backend.launch(plan, plan.args(bufs, strides), dev)
+        _torch_backend.launch(plan, bufs, strides, dev)
     return out
 
 

@@ -27,6 +27,7 @@ the workspace once per forward. A fallback is announced once per shape class wit
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import struct
 import warnings
@@ -62,6 +63,7 @@ SIGNATURE = (
     ("eps", "f"),
 )  # fmt: skip
 BUFFERS = tuple(name for name, t in SIGNATURE if t == "p")
+_X_STRIDES = ("sxn", "sxc", "sxh", "sxw")
 # How both launchers hand the arguments to the driver: each in an 8-byte little-endian slot (pointer, int64, or an
 # int32 / float32 in the slot's first 4 bytes), one pointer per slot in the launch's parameter array.
 ARG_SLOTS = struct.Struct("<" + "".join({"p": "Q", "q": "q", "i": "i4x", "f": "f4x"}[t] for _, t in SIGNATURE))
@@ -196,12 +198,24 @@ class Plan:
     def workspace_bytes(self) -> int:
         return 8 * math.prod(self.workspace_shape)
 
-    def args(self, buffers: dict, x_strides) -> list:
-        """The argument list as (type code, value) pairs; ``buffers`` maps pointer names to arrays/tensors."""
-        assert set(buffers) == set(BUFFERS), sorted(set(buffers) ^ set(BUFFERS))
-        values = dict(self.scalars, **buffers)
-        values.update(zip(("sxn", "sxc", "sxh", "sxw"), x_strides))
-        return [(t, values[name]) for name, t in SIGNATURE]
+    @functools.cached_property
+    def _arg_template(self) -> tuple:
+        """The argument values in SIGNATURE order with the plan's scalars filled in, and the positions of the
+        pointers and of x's strides (built once per plan; a forward only fills in the 12 that vary)."""
+        names = [name for name, _ in SIGNATURE]
+        values = [self.scalars.get(name) for name in names]
+        return values, tuple((names.index(b), b) for b in BUFFERS), tuple(names.index(s) for s in _X_STRIDES)
+
+    def arg_values(self, pointers: dict, x_strides) -> list:
+        """The kernels' argument values in SIGNATURE order, what ``ARG_SLOTS`` packs for both launchers:
+        ``pointers`` maps each name in BUFFERS to a device address, ``x_strides`` are x's element strides."""
+        template, buffers, strides = self._arg_template
+        values = template.copy()
+        for i, name in buffers:
+            values[i] = pointers[name]
+        for i, s in zip(strides, x_strides):
+            values[i] = s
+        return values
 
     def check_residency(self, launch: Launch, blocks_per_sm, build=()) -> None:
         """A cooperative launch needs all its blocks resident at once, and the plan sized the grid for the

@@ -326,3 +326,22 @@ def test_argument_slots():
     for i, ((name, t), v) in enumerate(zip(SIGNATURE, values)):
         fmt = {"p": "<Q", "q": "<q", "i": "<i", "f": "<f"}[t]
         assert struct.unpack_from(fmt, packed, 8 * i)[0] == v, name
+
+
+@pytest.mark.parametrize("device", [A100, H100], ids=["A100", "H100"])
+def test_argument_values(device):
+    """plan.arg_values puts the plan's scalars, the pointers and x's strides at their SIGNATURE positions, and a call
+    leaves the plan's template as it was."""
+    p = make_plan((3, 5, 40, 33), 24, 3, 4, device)
+    names = [name for name, _ in SIGNATURE]
+    pointers = {name: 0x1000 * (i + 1) for i, name in enumerate(plan_module.BUFFERS)}
+    strides = (6600, 1320, 33, 1)
+    for _ in range(2):
+        values = p.arg_values(pointers, strides)
+        assert len(values) == len(SIGNATURE)
+        for name, v in zip(names, values):
+            expected = pointers.get(name, dict(zip(("sxn", "sxc", "sxh", "sxw"), strides)).get(name))
+            assert v == (p.scalars[name] if expected is None else expected), name
+    assert plan_module.ARG_SLOTS.pack(*values)  # every value fits its slot
+    other = p.arg_values({k: v + 8 for k, v in pointers.items()}, (1, 2, 3, 4))
+    assert other[names.index("x")] == pointers["x"] + 8 and values[names.index("x")] == pointers["x"]
