@@ -202,6 +202,10 @@ __device__ __forceinline__ int cf_row_steps(const CfArgs& a) { return cf_pair_ta
 // (cf_weight_word). A chunk's prepared and staged weights are both parts, big first (plan.py: the same size).
 __device__ __forceinline__ int cf_weight_part_words(const CfArgs& a) { return 8 * CF_CW * a.K * cf_row_steps(a); }
 
+// Input chunks (8 channels each) and output chunks (CF_CW channels each) of a shape.
+__device__ __forceinline__ int cf_in_chunks(const CfArgs& a) { return (a.Cin + 7) >> 3; }
+__device__ __forceinline__ int cf_out_chunks(const CfArgs& a) { return (a.Cout + CF_CW - 1) >> CF_CW_LOG2; }
+
 __device__ __forceinline__ int cf_px_word(int p, int half, int hs) {
   return 8 * ((p & 1) * hs + (p >> 1)) + 4 * (half ^ ((p ^ (p >> 3)) & 1));
 }
@@ -276,7 +280,7 @@ __device__ __forceinline__ float cf_weight_word(const CfArgs& a, int co0, int ci
 // (cf_weight_word) split into TF32 big parts, then the small parts: the image of ws in shared memory.
 __device__ __forceinline__ cf_u32* cf_prepared(const CfArgs& a, int co, int ci) {
   const long long words = 2LL * cf_weight_part_words(a);
-  return reinterpret_cast<cf_u32*>(a.partials + a.off_wp) + (co * ((a.Cin + 7) >> 3) + ci) * words;
+  return reinterpret_cast<cf_u32*>(a.partials + a.off_wp) + (co * cf_in_chunks(a) + ci) * words;
 }
 
 // Copies the prepared weights of chunk (co, ci) to ws, 16 bytes per cp.async (global to shared without registers,
@@ -295,7 +299,7 @@ __device__ __forceinline__ void cf_stage_weights(const CfArgs& a, cf_u32* ws, in
 __device__ __forceinline__ void cf_conv_mma(const CfArgs& a, float (&acc)[CF_MT][CF_NT][4], cf_u32* xs, cf_u32* ws,
                                             int n, int co, int r0, int c0, bool staged) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int n_ci = (a.Cin + 7) >> 3;
+  const int n_ci = cf_in_chunks(a);
   for (int ci = 0; ci < n_ci; ++ci) {
     // With one input chunk the staged tile serves every output chunk of this tile; wres means the weights
     // were staged once for the whole block.
@@ -749,7 +753,7 @@ template <int ENGINE, int MODE>
 __device__ __forceinline__ void cf_body(const CfArgs& a) {
   extern __shared__ __align__(16) unsigned char cf_smem[];
   const CfSmem s = cf_smem_views(a, cf_smem);
-  const int n_co = (a.Cout + CF_CW - 1) >> CF_CW_LOG2, tiles = a.tiles_w * a.tiles_h;
+  const int n_co = cf_out_chunks(a), tiles = a.tiles_w * a.tiles_h;
 
   for (int o = threadIdx.x; o < a.Cout; o += CF_THREADS) {
     const float sl = __fmul_rn(a.scale[o], -1.4426950408889634f);
@@ -858,8 +862,7 @@ extern "C" __global__ void __launch_bounds__(CF_THREADS, CF_MIN_BLOCKS) cf_fused
 // kernel's arrival counts cleared (`teams` of them; 0 for the two-pass kernels). One thread per (big, small) pair.
 extern "C" __global__ void cf_prep(CF_PARAMS) {
   const CfArgs a = CF_ARGS;
-  const int per = cf_weight_part_words(a), n_ci = (a.Cin + 7) >> 3;
-  const int n_co = (a.Cout + CF_CW - 1) >> CF_CW_LOG2;
+  const int per = cf_weight_part_words(a), n_ci = cf_in_chunks(a), n_co = cf_out_chunks(a);
   const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i < a.teams) reinterpret_cast<unsigned*>(a.partials)[i] = 0u;
   if (i >= (long long)n_co * n_ci * per) return;
