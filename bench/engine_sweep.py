@@ -28,7 +28,7 @@ ref = reference_forward(x[:4], *p.values(), d["G"])
 OH, OW = d["H"] - d["K"] + 1, d["W"] - d["K"] + 1
 out = torch.empty(d["N"], d["C_out"], OH, OW, device="cuda")
 results = {}
-BLOCKS_PER_SM, WARPS, MT = plan.MMA_BLOCKS_PER_SM, plan.WARPS, plan.MT
+BLOCKS_PER_SM, WARPS, MT, DEFINES = plan.MMA_BLOCKS_PER_SM, plan.WARPS, plan.MT, plan.DEFAULT_DEFINES
 for variant in args.variants.split(","):
     variant, *dev = variant.split("+")  # engine[:tiles per block][+NAME=VALUE...]: compile-time constants
     engine, _, k = variant.partition(":")
@@ -39,7 +39,7 @@ for variant in args.variants.split(","):
     # The plan's tile geometry follows CF_WARPS and CF_MT, so that other tile shapes can be timed too.
     plan.WARPS, plan.MT = int(extra.get("CF_WARPS", WARPS)), int(extra.get("CF_MT", MT))
     plan.TILE_H, plan.TILE_W, plan.THREADS = plan.WARPS, 16 * plan.MT, 32 * plan.WARPS
-    plan.DEFAULT_DEFINES = dict({"CF_WARPS": plan.WARPS, "CF_MT": plan.MT}, **extra)
+    plan.DEFAULT_DEFINES = dict(DEFINES, CF_WARPS=plan.WARPS, CF_MT=plan.MT, **extra)
     plan.MMA_BLOCKS_PER_SM = int(extra.get("CF_MIN_BLOCKS", BLOCKS_PER_SM))
     variant = "+".join([variant] + dev)
     ops.make_plan = functools.partial(plan.make_plan, tiles_per_block=int(k) if k else None)
