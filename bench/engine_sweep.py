@@ -2,12 +2,15 @@
 both backends with CUDA-graph replay (no host overhead), after checking each against float64 on a slice.
 
     python bench/engine_sweep.py [--backend cupy|torch] [--reps 20] [--variants fused,fused:1,mma+CF_MIN_BLOCKS=4]
+                                 [--sm-count 108]
 
 A variant is engine[:tiles per block][+NAME=VALUE...]; NAME=VALUE sets a compile-time constant (CF_WARPS and CF_MT
-also set the plan's tile shape, CF_MIN_BLOCKS its blocks per SM).
+also set the plan's tile shape, CF_MIN_BLOCKS its blocks per SM). --sm-count plans as if the GPU had that many SMs
+(108: the layouts an A100 gets, run on this GPU).
 """
 
 import argparse
+import dataclasses
 import functools
 
 import torch
@@ -20,7 +23,15 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--backend", default="cupy")
 ap.add_argument("--reps", type=int, default=20)
 ap.add_argument("--variants", default="fused:1,fused:2,fused:4,mma")
+ap.add_argument("--sm-count", type=int, default=0)
 args = ap.parse_args()
+
+
+def planner(x_shape, C_out, K, G, device, engine="auto", eps=1e-5, tiles_per_block=None):
+    if args.sm_count:
+        device = dataclasses.replace(device, sm_count=args.sm_count)
+    return plan.make_plan(x_shape, C_out, K, G, device, engine, eps, tiles_per_block)
+
 
 d = DEFAULT_PROBLEM
 x, p = make_inputs(d["N"], d["C_in"], d["C_out"], d["H"], d["W"], d["K"], d["G"], "cuda")
@@ -42,7 +53,7 @@ for variant in args.variants.split(","):
     plan.DEFAULT_DEFINES = dict(DEFINES, CF_WARPS=plan.WARPS, CF_MT=plan.MT, **extra)
     plan.MMA_BLOCKS_PER_SM = int(extra.get("CF_MIN_BLOCKS", BLOCKS_PER_SM))
     variant = "+".join([variant] + dev)
-    ops.make_plan = functools.partial(plan.make_plan, tiles_per_block=int(k) if k else None)
+    ops.make_plan = functools.partial(planner, tiles_per_block=int(k) if k else None)
     shape = (d["N"], d["C_in"], d["H"], d["W"])
     info = plan.DeviceInfo.from_torch(0)
     print(variant, ops.make_plan(shape, d["C_out"], d["K"], d["G"], info, engine).describe())
