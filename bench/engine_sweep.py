@@ -5,8 +5,8 @@ both backends with CUDA-graph replay (no host overhead), after checking each aga
                                  [--sm-count 108]
 
 A variant is engine[:tiles per block][+NAME=VALUE...]; NAME=VALUE sets a compile-time constant (CF_WARPS and CF_MT
-also set the plan's tile shape, CF_MIN_BLOCKS its blocks per SM). --sm-count plans as if the GPU had that many SMs
-(108: the layouts an A100 gets, run on this GPU).
+also set the plan's tile shape, CF_NT its chunk width where C_out > 16, CF_MIN_BLOCKS its blocks per SM).
+--sm-count plans as if the GPU had that many SMs (108: the layouts an A100 gets, run on this GPU).
 """
 
 import argparse
@@ -39,7 +39,7 @@ ref = reference_forward(x[:4], *p.values(), d["G"])
 OH, OW = d["H"] - d["K"] + 1, d["W"] - d["K"] + 1
 out = torch.empty(d["N"], d["C_out"], OH, OW, device="cuda")
 results = {}
-BLOCKS_PER_SM, WARPS, MT, DEFINES = plan.MMA_BLOCKS_PER_SM, plan.WARPS, plan.MT, plan.DEFAULT_DEFINES
+BLOCKS_PER_SM, WARPS, MT, NT, DEFINES = plan.MMA_BLOCKS_PER_SM, plan.WARPS, plan.MT, plan.NT, plan.DEFAULT_DEFINES
 for variant in args.variants.split(","):
     variant, *dev = variant.split("+")  # engine[:tiles per block][+NAME=VALUE...]: compile-time constants
     engine, _, k = variant.partition(":")
@@ -52,6 +52,7 @@ for variant in args.variants.split(","):
     plan.TILE_H, plan.TILE_W, plan.THREADS = plan.WARPS, 16 * plan.MT, 32 * plan.WARPS
     plan.DEFAULT_DEFINES = dict(DEFINES, CF_WARPS=plan.WARPS, CF_MT=plan.MT, **extra)
     plan.MMA_BLOCKS_PER_SM = int(extra.get("CF_MIN_BLOCKS", BLOCKS_PER_SM))
+    plan.NT = int(extra.get("CF_NT", NT))
     variant = "+".join([variant] + dev)
     ops.make_plan = functools.partial(planner, tiles_per_block=int(k) if k else None)
     shape = (d["N"], d["C_in"], d["H"], d["W"])
