@@ -50,7 +50,7 @@ for variant in args.variants.split(","):
     # The plan's tile geometry follows CF_WARPS and CF_MT, so that other tile shapes can be timed too.
     plan.WARPS, plan.MT = int(extra.get("CF_WARPS", WARPS)), int(extra.get("CF_MT", MT))
     plan.TILE_H, plan.TILE_W, plan.THREADS = plan.WARPS, 16 * plan.MT, 32 * plan.WARPS
-    plan.DEFAULT_DEFINES = dict(DEFINES, CF_WARPS=plan.WARPS, CF_MT=plan.MT, **extra)
+    plan.DEFAULT_DEFINES = dict(DEFINES, **dict(extra, CF_WARPS=plan.WARPS, CF_MT=plan.MT))
     plan.MMA_BLOCKS_PER_SM = int(extra.get("CF_MIN_BLOCKS", BLOCKS_PER_SM))
     plan.NT = int(extra.get("CF_NT", NT))
     variant = "+".join([variant] + dev)
