@@ -20,7 +20,8 @@
 //   Single pass, cf_fused_mma (the fast path): a persistent, cooperatively launched grid of `teams` teams of
 //   `slots` blocks. Team j handles samples j, j + teams, ...; for each, block `rank` computes conv -> sigmoid
 //   for tiles rank, rank + slots, ..., keeps per-warp statistics, and holds its last unit in registers (earlier
-//   units, if any, are parked unnormalized in `out` itself with an L2 evict-last hint, and read back from L2).
+//   units, if any, are parked unnormalized in `out` itself with an L2 evict-last hint, and read back from there
+//   through L1).
 //   It publishes one additive float64 record per group (cf_block_record) and counts itself in with an integer
 //   atomic; once the whole team has, every block sums the team's records in rank order (the same bits in every
 //   block), then normalizes and writes its units (evict-first: the final values make room in L2 for the parked
@@ -675,11 +676,14 @@ __device__ __forceinline__ void cf_unit_store_as(const CfArgs& a, const CfSmem& 
       if (SWAP) {
         // Two 4-byte loads, not one 8-byte load: registers loaded as a pair would have to be adjacent, which the
         // mma accumulators they become are not (ptxas then fills the conv loop with register moves: measured).
+        // Plain loads, cached in L1, so that the pair's second load finds the sector its first brought (the same
+        // thread parked these values, so L1 holds nothing stale). Measured: 5% faster than __ldcg, which fetched
+        // every sector from L2 twice (bench/NOTES.md v0.2.x).
         const bool nok = !ANY || nc + nt * 8 + j < a.Cout;
 #pragma unroll
         for (int mt = 0; mt < CF_MT; ++mt) {
-          acc[mt][nt][j] = (nok && 16 * mt < nlim) ? __ldcg(src + 16 * mt) : 0.0f;
-          acc[mt][nt][2 + j] = (nok && 16 * mt + 1 < nlim) ? __ldcg(src + 16 * mt + 1) : 0.0f;
+          acc[mt][nt][j] = (nok && 16 * mt < nlim) ? src[16 * mt] : 0.0f;
+          acc[mt][nt][2 + j] = (nok && 16 * mt + 1 < nlim) ? src[16 * mt + 1] : 0.0f;
         }
         src += step;
         asm volatile("" : "+l"(src));
@@ -715,39 +719,56 @@ __device__ __forceinline__ void cf_block_record(const CfArgs& a, const CfSmem& s
   for (int i = threadIdx.x; i < 2 * a.G * CF_WARPS; i += CF_THREADS) s.stats[i] = 0.0;
 }
 
-// One warp sums nrec consecutive records of a group (cnt elements in all), read through L2 (other blocks wrote
-// them), in a fixed order: lane l takes records l, l + 32, ..., then a tree over the lanes. Lane 0 gets the group's
-// (mean, rstd).
-__device__ __forceinline__ void cf_group_stats(const double2* rec, int nrec, double cnt, float eps, double& mean,
-                                               double& rstd) {
+// One warp sums, for each of two groups, nrec consecutive records (cnt elements in all), read through L2 (other
+// blocks wrote them), in a fixed order: lane l takes records l, l + 32, ..., then a tree over the lanes. Both groups'
+// loads are in flight together (this runs between the team's release and the final stores, on the round's critical
+// path: measured 0.8 us a round shorter than one group after the other, bench/NOTES.md v0.2.x). Lane 0 gets each
+// group's (mean, rstd).
+__device__ __forceinline__ void cf_group_stats(const double2* const (&rec)[2], int nrec, double cnt, float eps,
+                                               double (&mean)[2], double (&rstd)[2]) {
   const int lane = threadIdx.x & 31;
-  double s1 = 0.0, s2 = 0.0;
+  const double inv = 1.0 / cnt;
+  double s1[2] = {0.0, 0.0}, s2[2] = {0.0, 0.0};
 #pragma unroll 4
   for (int r = lane; r < nrec; r += 32) {
-    const double2 v = __ldcg(rec + r);
-    s1 += v.x, s2 += v.y;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const double2 v = __ldcg(rec[i] + r);
+      s1[i] += v.x, s2[i] += v.y;
+    }
   }
 #pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    s1 += __shfl_down_sync(0xffffffffu, s1, off);
-    s2 += __shfl_down_sync(0xffffffffu, s2, off);
+  for (int i = 0; i < 2; ++i) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      s1[i] += __shfl_down_sync(0xffffffffu, s1[i], off);
+      s2[i] += __shfl_down_sync(0xffffffffu, s2[i], off);
+    }
+    // One reciprocal (worked out while the loads are in flight) and rsqrt, not two divisions and 1 / sqrt: the
+    // round's critical path again, measured 2.5% of the default problem's time. Both within an ulp of float64.
+    const double m1 = s1[i] * inv;
+    mean[i] = CF_SHIFT + m1;
+    rstd[i] = rsqrt(fmax(s2[i] * inv - m1 * m1, 0.0) + (double)eps);
   }
-  const double m1 = s1 / cnt;
-  mean = CF_SHIFT + m1;
-  rstd = 1.0 / sqrt(fmax(s2 / cnt - m1 * m1, 0.0) + (double)eps);
 }
 
 // Normalization constants of one sample from its blocks' records (nrec per group; group g's at rec + g * nrec):
-// every group's (mean, rstd) into s.gstat, then per channel the group mean and gamma * rstd (beta and gamma were
-// put in shared memory at the start). Every block reads the same records in the same order, so every block gets
+// every group's (mean, rstd) into s.gstat (warp w: groups w, w + CF_WARPS, then w + 2 * CF_WARPS, ...; a pair's second
+// group past the last repeats the first, unused), then per channel the group mean and gamma * rstd (beta and gamma
+// were put in shared memory at the start). Every block reads the same records in the same order, so every block gets
 // the same bits. Ends with a barrier.
 __device__ __forceinline__ void cf_sample_norm(const CfArgs& a, const CfSmem& s, const double2* rec, int nrec) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, cpg = a.Cout / a.G;
   const double cnt = (double)a.OH * a.OW * cpg;
-  for (int g = warp; g < a.G; g += CF_WARPS) {
-    double mean, rstd;
-    cf_group_stats(rec + (long long)g * nrec, nrec, cnt, a.eps, mean, rstd);
-    if (lane == 0) s.gstat[2 * g] = mean, s.gstat[2 * g + 1] = rstd;
+  for (int g = warp; g < a.G; g += 2 * CF_WARPS) {
+    const int g2 = g + CF_WARPS < a.G ? g + CF_WARPS : g;
+    const double2* const pair[2] = {rec + (long long)g * nrec, rec + (long long)g2 * nrec};
+    double mean[2], rstd[2];
+    cf_group_stats(pair, nrec, cnt, a.eps, mean, rstd);
+    if (lane == 0) {
+      s.gstat[2 * g] = mean[0], s.gstat[2 * g + 1] = rstd[0];
+      s.gstat[2 * g2] = mean[1], s.gstat[2 * g2 + 1] = rstd[1];
+    }
   }
   __syncthreads();
   for (int o = threadIdx.x; o < a.Cout; o += CF_THREADS) {
@@ -828,16 +849,18 @@ __device__ __forceinline__ void cf_body(const CfArgs& a) {
     // rank order itself (the same bits in every block), with no second hop through a block that merges first.
     // Records alternate between two buffers by round: a block that is one round ahead writes the other buffer,
     // and it cannot get two rounds ahead before every block has counted in again, after its reads.
-    // The barrier orders the block's record writes before thread 0's fence (fences are cumulative): the pattern
-    // of cooperative groups' grid sync. (A fence.acq_rel.gpu measured the same as __threadfence here.)
+    // The barrier orders the block's record writes before thread 0's count-in, an acq_rel atomic; thread 0 of a
+    // waiting block polls with acquire loads, and its barrier orders the reads of its whole block after them
+    // (release and acquire are cumulative): the pattern of cooperative groups' grid sync, with the ordering in the
+    // atomic and the loads instead of a __threadfence before and after (measured 1% faster, bench/NOTES.md v0.2.x).
     cf_block_record(a, s, recs + rank, a.slots);  // its barriers also free xs
     __syncthreads();
     unsigned* arrivals = reinterpret_cast<unsigned*>(a.partials) + team;
     const unsigned target = (round + 1) * (unsigned)a.slots;
     unsigned arrived = 0;
     if (threadIdx.x == 0) {
-      __threadfence();
-      arrived = atomicAdd(arrivals, 1u) + 1u;
+      asm volatile("atom.add.acq_rel.gpu.global.u32 %0, [%1], 1;" : "=r"(arrived) : "l"(arrivals) : "memory");
+      arrived += 1u;
     }
     staged = prestage && n + a.teams < a.N;
     if (staged) {  // counted in first, so the staging runs while the team's last blocks finish
@@ -845,9 +868,10 @@ __device__ __forceinline__ void cf_body(const CfArgs& a) {
       cf_stage_input(a, s.xs, n + a.teams, 0, u0.r0, u0.c0);
     }
     if (threadIdx.x == 0) {
-      if (arrived < target)
-        while (*reinterpret_cast<volatile unsigned*>(arrivals) < target) __nanosleep(32);
-      __threadfence();
+      while (arrived < target) {
+        __nanosleep(32);
+        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(arrived) : "l"(arrivals) : "memory");
+      }
     }
     __syncthreads();
     cf_sample_norm(a, s, recs, a.slots);
