@@ -144,32 +144,43 @@ def test_deterministic(backend, engine, cuda_device, seed):
         assert_bitwise_equal(first, again, f"{backend} engine={engine}: run {run + 2} differs from run 1")
 
 
-# (shape, tiles per block and sample): one tile held in registers, 7 samples over 5-6 teams (a second round in
-# which most teams have no sample); two tiles, the first parked in the output until the statistics are known;
-# C_out = 72: three 32-channel units per tile, all but the last parked; C_out = 16: 16-channel units, C_in = 11
-# in two k-steps, the first tile parked.
+# (shape, tiles per block and sample, SMs the plan assumes): one tile held in registers, 7 samples over 5-6 teams (a
+# second round in which most teams have no sample); two tiles, the first parked in the output until the statistics
+# are known; C_out = 72: three 32-channel units per tile, all but the last parked; C_out = 16: 16-channel units,
+# C_in = 11 in two k-steps, the first tile parked. With few SMs assumed, one team runs every sample, so the parked
+# units of each sample but the last are written during the next sample's units (cf_body), with several tiles and
+# chunks, and in the paired-taps build.
 FUSED_LAYOUTS = [
-    pytest.param(Shape(7, 8, 32, 130, 130, 3, 8), 1, id="held-only-2-rounds"),
-    pytest.param(Shape(5, 8, 32, 30, 130, 3, 8), 2, id="park-1-of-2"),
-    pytest.param(Shape(3, 5, 72, 23, 70, 3, 6), 3, id="Cout72-park"),
-    pytest.param(Shape(3, 11, 16, 30, 130, 3, 4), 2, id="Cout16-park"),
+    pytest.param(Shape(7, 8, 32, 130, 130, 3, 8), 1, None, id="held-only-2-rounds"),
+    pytest.param(Shape(5, 8, 32, 30, 130, 3, 8), 2, None, id="park-1-of-2"),
+    pytest.param(Shape(3, 5, 72, 23, 70, 3, 6), 3, None, id="Cout72-park"),
+    pytest.param(Shape(3, 11, 16, 30, 130, 3, 4), 2, None, id="Cout16-park"),
+    pytest.param(Shape(5, 8, 32, 30, 130, 3, 8), 2, 4, id="park-1-of-2-one-team"),
+    pytest.param(Shape(3, 5, 72, 23, 70, 3, 6), 3, 2, id="Cout72-park-one-team"),
+    pytest.param(Shape(3, 3, 64, 21, 70, 5, 16), 2, 2, id="Cin3-K5-park-one-team"),
 ]
 
 
-@pytest.mark.parametrize("shape, tiles_per_block", FUSED_LAYOUTS)
-def test_fused_layouts(shape, tiles_per_block, both_backends, cuda_device, seed, monkeypatch):
-    """The single-pass kernel with a forced number of tiles per block: accurate, and bitwise equal on both
-    backends."""
-    import functools
+@pytest.mark.parametrize("shape, tiles_per_block, sm_count", FUSED_LAYOUTS)
+def test_fused_layouts(shape, tiles_per_block, sm_count, both_backends, cuda_device, seed, monkeypatch):
+    """The single-pass kernel with a forced number of tiles per block (and, where given, planned for fewer SMs
+    than the GPU has, so that fewer teams run more samples each): accurate, and bitwise equal on both backends."""
+    import dataclasses
 
     import cupyfused.ops
     from cupyfused import plan as plan_module
 
-    forced = functools.partial(plan_module.make_plan, tiles_per_block=tiles_per_block)
+    def forced(x_shape, C_out, K, G, device, *args, **kwargs):
+        if sm_count:
+            device = dataclasses.replace(device, sm_count=sm_count)
+        return plan_module.make_plan(x_shape, C_out, K, G, device, *args, tiles_per_block=tiles_per_block, **kwargs)
+
     monkeypatch.setattr(cupyfused.ops, "make_plan", forced)
     x, p = inputs(shape, cuda_device, seed)
     plan = forced(tuple(x.shape), shape.C_out, shape.K, shape.G, DeviceInfo.from_torch(x.device.index), "fused")
     assert plan.engine == "fused" and plan.tiles_per_block == tiles_per_block, plan.describe()
+    if sm_count:
+        assert plan.teams == 1, plan.describe()
     outs = []
     for backend in ("torch", "cupy"):
         out = poisoned(out_shape(*shape), x)
