@@ -147,8 +147,8 @@ def test_deterministic(backend, engine, cuda_device, seed):
 # (shape, tiles per block and sample, SMs the plan assumes): one tile held in registers, 7 samples over 5-6 teams (a
 # second round in which most teams have no sample); two tiles, the first parked in the output until the statistics
 # are known; C_out = 72: three 32-channel units per tile, all but the last parked; C_out = 16: 16-channel units,
-# C_in = 11 in two k-steps, the first tile parked. With few SMs assumed, one team runs every sample, so the parked
-# units of each sample but the last are written during the next sample's units (cf_body), with several tiles and
+# C_in = 11 in two k-steps, the first tile parked. With few SMs assumed, one team runs every sample, so a block parks
+# and reads back units in round after round (the records' buffers alternating by round), with several tiles and
 # chunks, and in the paired-taps build.
 FUSED_LAYOUTS = [
     pytest.param(Shape(7, 8, 32, 130, 130, 3, 8), 1, None, id="held-only-2-rounds"),
