@@ -90,8 +90,7 @@ typedef unsigned int cf_u32;
 
 // All kernels share one argument list, so one launch plan and two generic launchers serve all of them.
 // Shared-memory layout (offsets in 4-byte words, computed by the plan):
-//   [0, 4*G*CF_WARPS)  stats: each warp's running (S1, S2) per group, float64 [CF_WARPS][G][2]
-//   [.., off_ch)       (mean, rstd) per group of the sample being normalized, float64 [G][2]
+//   [0, off_ch)        stats: each warp's running (S1, S2) per group, float64 [CF_WARPS][G][2]
 //   [off_ch, +6*Cout)  per channel: (conv.bias + bias) * sl, sl = -scale * log2(e); group mean, gamma * rstd, beta,
 //                      gamma
 //   [off_red, +2*CF_WARPS*32) stats: per-warp scratch, channel totals then group means of a chunk (32 words
@@ -435,7 +434,6 @@ __device__ __forceinline__ long long cf_arrival_words(int teams) { return 2LL * 
 struct CfSmem {
   double* stats;  // every warp's running (S1, S2) per group, [CF_WARPS][G][2]
   double* wacc;   // this warp's part of it
-  double* gstat;  // (mean, rstd) per group of the sample being normalized, [G][2]
   float *ch_cb, *ch_sc, *ch_mean, *ch_a, *ch_b, *ch_g;  // (conv.bias + bias) * sl, sl = -scale * log2(e), ...
   float *wred, *wmean;  // this warp's scratch: channel totals [32] and group means [32] of a chunk (CF_CW used)
   cf_u32 *xs, *ws;
@@ -447,7 +445,6 @@ __device__ __forceinline__ CfSmem cf_smem_views(const CfArgs& a, unsigned char* 
   float* smf = reinterpret_cast<float*>(smem);
   s.stats = reinterpret_cast<double*>(smem);
   s.wacc = s.stats + 2 * a.G * warp;
-  s.gstat = s.stats + 2 * a.G * CF_WARPS;
   s.ch_cb = smf + a.off_ch;
   s.ch_sc = s.ch_cb + a.Cout;  // -scale * log2(e)
   s.ch_mean = s.ch_sc + a.Cout;
@@ -722,8 +719,9 @@ __device__ __forceinline__ void cf_block_record(const CfArgs& a, const CfSmem& s
 // One warp sums, for each of two groups, nrec consecutive records (cnt elements in all), read through L2 (other
 // blocks wrote them), in a fixed order: lane l takes records l, l + 32, ..., then a tree over the lanes. Both groups'
 // loads are in flight together (this runs between the team's release and the final stores, on the round's critical
-// path: measured 0.8 us a round shorter than one group after the other, bench/NOTES.md v0.2.x). Lane 0 gets each
-// group's (mean, rstd).
+// path: measured 0.8 us a round shorter than one group after the other, bench/NOTES.md v0.2.x). Every lane gets
+// each group's (mean, rstd), with the same bits: the butterfly adds the same two values in each lane of a pair
+// (float addition commutes), in lane 0 the tree a shfl_down reduction would take.
 __device__ __forceinline__ void cf_group_stats(const double2* const (&rec)[2], int nrec, double cnt, float eps,
                                                double (&mean)[2], double (&rstd)[2]) {
   const int lane = threadIdx.x & 31;
@@ -741,8 +739,8 @@ __device__ __forceinline__ void cf_group_stats(const double2* const (&rec)[2], i
   for (int i = 0; i < 2; ++i) {
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) {
-      s1[i] += __shfl_down_sync(0xffffffffu, s1[i], off);
-      s2[i] += __shfl_down_sync(0xffffffffu, s2[i], off);
+      s1[i] += __shfl_xor_sync(0xffffffffu, s1[i], off);
+      s2[i] += __shfl_xor_sync(0xffffffffu, s2[i], off);
     }
     // One reciprocal (worked out while the loads are in flight) and rsqrt, not two divisions and 1 / sqrt: the
     // round's critical path again, measured 2.5% of the default problem's time. Both within an ulp of float64.
@@ -753,10 +751,10 @@ __device__ __forceinline__ void cf_group_stats(const double2* const (&rec)[2], i
 }
 
 // Normalization constants of one sample from its blocks' records (nrec per group; group g's at rec + g * nrec):
-// every group's (mean, rstd) into s.gstat (warp w: groups w, w + CF_WARPS, then w + 2 * CF_WARPS, ...; a pair's second
-// group past the last repeats the first, unused), then per channel the group mean and gamma * rstd (beta and gamma
-// were put in shared memory at the start). Every block reads the same records in the same order, so every block gets
-// the same bits. Ends with a barrier.
+// warp w takes groups w, w + CF_WARPS, then w + 2 * CF_WARPS, ... (a pair's second group past the last repeats the
+// first), and its lanes write the per-channel group mean and gamma * rstd of those groups (beta and gamma were put in
+// shared memory at the start). Every block reads the same records in the same order, so every block gets the same
+// bits. Ends with a barrier.
 __device__ __forceinline__ void cf_sample_norm(const CfArgs& a, const CfSmem& s, const double2* rec, int nrec) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, cpg = a.Cout / a.G;
   const double cnt = (double)a.OH * a.OW * cpg;
@@ -765,16 +763,12 @@ __device__ __forceinline__ void cf_sample_norm(const CfArgs& a, const CfSmem& s,
     const double2* const pair[2] = {rec + (long long)g * nrec, rec + (long long)g2 * nrec};
     double mean[2], rstd[2];
     cf_group_stats(pair, nrec, cnt, a.eps, mean, rstd);
-    if (lane == 0) {
-      s.gstat[2 * g] = mean[0], s.gstat[2 * g + 1] = rstd[0];
-      s.gstat[2 * g2] = mean[1], s.gstat[2 * g2 + 1] = rstd[1];
-    }
-  }
-  __syncthreads();
-  for (int o = threadIdx.x; o < a.Cout; o += CF_THREADS) {
-    const int g = o / cpg;
-    s.ch_mean[o] = (float)s.gstat[2 * g];
-    s.ch_a[o] = (float)((double)s.ch_g[o] * s.gstat[2 * g + 1]);
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+      for (int o = (i ? g2 : g) * cpg + lane, end = o - lane + cpg; o < end; o += 32) {
+        s.ch_mean[o] = (float)mean[i];
+        s.ch_a[o] = (float)((double)s.ch_g[o] * rstd[i]);
+      }
   }
   __syncthreads();
 }
@@ -802,10 +796,8 @@ __device__ __forceinline__ void cf_body(const CfArgs& a) {
   if (MODE != CF_FUSED) {
     const int n = blockIdx.x / a.slots, slot = blockIdx.x - n * a.slots;
     double2* recs = reinterpret_cast<double2*>(a.partials) + (long long)n * a.G * a.slots;
-    if (MODE == CF_NORM)
-      cf_sample_norm(a, s, recs, a.slots);
-    else
-      __syncthreads();
+    __syncthreads();  // the channel constants and the weights above
+    if (MODE == CF_NORM) cf_sample_norm(a, s, recs, a.slots);
     for (int t = slot; t < tiles; t += a.slots) {
       const CfTile u = cf_tile(a, t);
       for (int co = 0; co < n_co; ++co) {
@@ -849,12 +841,12 @@ __device__ __forceinline__ void cf_body(const CfArgs& a) {
     // rank order itself (the same bits in every block), with no second hop through a block that merges first.
     // Records alternate between two buffers by round: a block that is one round ahead writes the other buffer,
     // and it cannot get two rounds ahead before every block has counted in again, after its reads.
-    // The barrier orders the block's record writes before thread 0's count-in, an acq_rel atomic; thread 0 of a
-    // waiting block polls with acquire loads, and its barrier orders the reads of its whole block after them
-    // (release and acquire are cumulative): the pattern of cooperative groups' grid sync, with the ordering in the
-    // atomic and the loads instead of a __threadfence before and after (measured 1% faster, bench/NOTES.md v0.2.x).
+    // The record's last barrier orders the block's record writes before thread 0's count-in, an acq_rel atomic;
+    // thread 0 of a waiting block polls with acquire loads, and its barrier orders the reads of its whole block
+    // after them (release and acquire are cumulative): the pattern of cooperative groups' grid sync, with the
+    // ordering in the atomic and the loads instead of a __threadfence before and after (measured 1% faster,
+    // bench/NOTES.md v0.2.x).
     cf_block_record(a, s, recs + rank, a.slots);  // its barriers also free xs
-    __syncthreads();
     unsigned* arrivals = reinterpret_cast<unsigned*>(a.partials) + team;
     const unsigned target = (round + 1) * (unsigned)a.slots;
     unsigned arrived = 0;

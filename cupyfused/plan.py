@@ -309,7 +309,7 @@ def make_plan(x_shape, C_out: int, K: int, G: int, device: DeviceInfo, engine: s
     # Shared memory, in 4-byte words (layout: cuda_src/cupyfused.cu, CfArgs).
     in_rs = TILE_W + K - 1
     in_ps = (TILE_H + K - 1) * in_rs  # pixels of the input tile
-    off_ch = 4 * G * WARPS + 4 * G  # float64 (S1, S2) per warp and group, then (mean, rstd) per group
+    off_ch = 4 * G * WARPS  # float64 (S1, S2) per warp and group
     off_red = off_ch + 6 * C_out
     off_xs = _align4(off_red + 2 * WARPS * 32)
     off_ws = _align4(off_xs + 32 * (-(-in_ps // 2)))  # even and odd pixels in separate halves

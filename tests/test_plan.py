@@ -187,12 +187,12 @@ def test_chunk_width(device, C_out, G, nt):
 def test_chunk_width_shared_memory():
     """C_out = 16 stages one 16 x 8 x K x K weight chunk (256 words per (p, q), big and small), C_out = 32 one of
     32 x 8 x K x K (512 words): the offsets, worked out by hand (layout: cuda_src/cupyfused.cu, CfArgs)."""
-    # G = 4, K = 3: stats 4 * G * 4 warps + 4 * G = 80 words; then 6 words per channel; 2 * 4 warps * 32 words of
-    # scratch; the input tile, (4 + 2) x (64 + 2) = 396 pixels of 16 words (8 channels, big and small).
-    for C_out, off_red, off_ws, ws_words in ((16, 176, 6768, 256 * 9), (32, 272, 6864, 512 * 9)):
+    # G = 4, K = 3: stats 4 * G * 4 warps = 64 words; then 6 words per channel; 2 * 4 warps * 32 words of scratch;
+    # the input tile, (4 + 2) x (64 + 2) = 396 pixels of 16 words (8 channels, big and small).
+    for C_out, off_red, off_ws, ws_words in ((16, 160, 6752, 256 * 9), (32, 256, 6848, 512 * 9)):
         plan = plan_of(H100, (2, 8, 64, 64), C_out, 3, 4, engine="mma")
         sc = plan.scalars
-        assert (sc["off_ch"], sc["off_red"], sc["off_xs"], sc["off_ws"]) == (80, off_red, off_red + 256, off_ws)
+        assert (sc["off_ch"], sc["off_red"], sc["off_xs"], sc["off_ws"]) == (64, off_red, off_red + 256, off_ws)
         assert plan.smem_bytes == 4 * (off_ws + ws_words)
         assert sc["wres"] == 1
     # 16-channel chunks halve the weights' share: larger K fit the tensor-core tile (K = 9 on an A100: 32-channel
