@@ -94,7 +94,7 @@ def cupy_parts(n, x, params):
     out_shape = (n, C_out, d["H"] - K + 1, d["W"] - K + 1)
     plan = ops._plan(x.shape, C_out, K, d["G"], ops._device_info("torch", dev), "auto", 1e-5)
     out = torch.empty(out_shape, device="cuda")
-    stream = _cupy_backend.external_stream(torch.cuda.current_stream(dev), dev)
+    stream = _cupy_backend.torch_stream(dev)
     with cupy.cuda.Device(dev), stream:
         xc, outc = _cupy_backend.view(x), _cupy_backend.view(out)
         pc = {k: ops._param_view(v, v) for k, v in params.items()}
@@ -103,13 +103,11 @@ def cupy_parts(n, x, params):
         pointers = {k: v.data.ptr for k, v in bufs.items()}
         values = plan.arg_values(pointers, x.stride())
         parts = {
-            "torch.cuda.device context": lambda: enter_exit(torch.cuda.device(dev)),
-            "torch current_stream": lambda: torch.cuda.current_stream(dev),
-            "external_stream (cached)": lambda: _cupy_backend.external_stream(torch.cuda.current_stream(dev), dev),
+            "torch_stream (cached)": lambda: _cupy_backend.torch_stream(dev),
             "cupy Device+stream contexts": lambda: [enter_exit(c) for c in (cupy.cuda.Device(dev), stream)],
             "view(x)": lambda: _cupy_backend.view(x),
             "6 param views (cached)": lambda: [ops._param_view(v, v) for v in params.values()],
-            "is_current_stream_capturing": lambda: torch.cuda.is_current_stream_capturing(),
+            "capturing": lambda: _cupy_backend.capturing(stream, dev),
             "cupy.empty(ws)": lambda: cupy.empty(plan.workspace_shape, dtype=cupy.float64),
             "buffers": lambda: ops._buffers(xc, pc, C_out, ws, outc, cupy),
             "pointers": lambda: {k: v.data.ptr for k, v in bufs.items()},

@@ -14,7 +14,7 @@ import time
 import warnings
 
 from . import _sources
-from .plan import ALL_KERNELS, ARG_SLOTS
+from .plan import ALL_KERNELS, ARG_SLOTS, build_key
 
 _modules: dict = {}
 
@@ -55,10 +55,11 @@ def unavailable_reason():
 
 
 def module(device_id: int, defines: dict):
-    import cupy
-
-    key = (device_id, tuple(sorted(defines.items())))
+    """The kernels of one build (``defines``, a plan's) for GPU ``device_id``, built once per process."""
+    key = (device_id, build_key(defines))
     if key not in _modules:
+        import cupy
+
         t0 = time.perf_counter()
         with cupy.cuda.Device(device_id):
             mod = cupy.RawModule(code=_sources.source_text(defines), options=_sources.NVRTC_FLAGS, backend="nvrtc")
@@ -70,17 +71,56 @@ def module(device_id: int, defines: dict):
     return _modules[key]
 
 
+_DLPACK: list = []  # (cupy.from_dlpack, torch.utils.dlpack.to_dlpack), looked up once
+
+
 def view(tensor):
     """CuPy's zero-copy view of a torch CUDA tensor, through a DLPack capsule: the caller works on the stream
     the tensor's producer used (torch's current stream), so the ``__dlpack__`` stream handshake would have nothing
-    to order and is skipped (bench/host_profile.py: 7.8 us a view this way)."""
-    import cupy
-    from torch.utils import dlpack
+    to order and is skipped (bench/host_profile.py times a view)."""
+    if not _DLPACK:
+        import cupy
+        from torch.utils import dlpack
 
-    return cupy.from_dlpack(dlpack.to_dlpack(tensor.detach()))
+        _DLPACK[:] = [cupy.from_dlpack, dlpack.to_dlpack]
+    from_dlpack, to_dlpack = _DLPACK
+    return from_dlpack(to_dlpack(tensor.detach() if tensor.requires_grad else tensor))
+
+
+def capturing(stream, device_id: int) -> bool:
+    """Whether a CUDA graph capture is underway on ``stream`` (torch's current stream of ``device_id``)."""
+    import cupy
+
+    try:
+        return cupy.cuda.runtime.streamIsCapturing(stream.ptr) != 0
+    except Exception:  # no such binding in this CuPy, or the legacy stream during another stream's capture
+        import torch
+
+        with torch.cuda.device(device_id):
+            return torch.cuda.is_current_stream_capturing()
 
 
 _STREAMS: dict = {}
+_RAW_STREAM: list = []  # torch's C getter of the current stream's handle, or None where this torch has none
+
+
+def torch_stream(device_id: int):
+    """CuPy's view of torch's current stream on ``device_id`` (external_stream), found by its raw handle where this
+    torch has the getter (torch.compile's generated code uses it; 0.3 us against 3.5 us for
+    ``torch.cuda.current_stream``, which builds a Stream object), else through ``torch.cuda.current_stream``."""
+    import torch
+
+    if not _RAW_STREAM:
+        _RAW_STREAM.append(getattr(torch._C, "_cuda_getCurrentRawStream", None))
+    raw = _RAW_STREAM[0]
+    if raw is not None:
+        try:
+            stream = _STREAMS.get((device_id, raw(device_id)))
+        except Exception:  # a torch whose getter differs: the public route from now on
+            _RAW_STREAM[0] = stream = None
+        if stream is not None:
+            return stream
+    return external_stream(torch.cuda.current_stream(device_id), device_id)
 
 
 def external_stream(torch_stream, device_id: int):
@@ -129,31 +169,42 @@ def _parameter_block():
 
 
 def launch(plan, buffers: dict, x_strides, device_id: int, stream) -> None:
-    """Run the plan's kernels in order on ``stream``. ``buffers``: the pointer arguments (plan.BUFFERS) as CuPy
-    arrays on ``device_id``; ``x_strides``: x's element strides. The launches go straight to the driver with the
-    packed argument slots: CuPy's generic kernel call converts each argument on every launch, which cost more host
-    time than the rest of a small forward (bench/host_profile.py: 68 us of a 209 us call at N = 1 on one
-    machine)."""
-    import cupy
+    """Run the plan's kernels in order on ``stream``, from within ``cupy.cuda.Device(device_id)`` (both callers
+    are). ``buffers``: the pointer arguments (plan.BUFFERS) as CuPy arrays on ``device_id``; ``x_strides``: x's
+    element strides. The launches go straight to the driver with the packed argument slots: CuPy's generic kernel
+    call converts each argument on every launch, which cost more host time than the rest of a small forward
+    (bench/host_profile.py: 68 us of a 209 us call at N = 1 on one machine)."""
+    from cupy.cuda import driver
+
+    launches = plan.launcher_state(("cupy", device_id), lambda: _driver_launches(plan, device_id))
+    slots, _, parameters = _parameter_block()
+    ARG_SLOTS.pack_into(slots, 0, *plan.arg_values({k: v.data.ptr for k, v in buffers.items()}, x_strides))
+    s = stream.ptr
+    for f, gx, gy, gz, bx, by, bz, smem, cooperative in launches:
+        if cooperative:
+            driver.launchCooperativeKernel(f, gx, gy, gz, bx, by, bz, smem, s, parameters)
+        else:
+            driver.launchKernel(f, gx, gy, gz, bx, by, bz, smem, s, parameters, 0)
+
+
+def _driver_launches(plan, device_id: int) -> tuple:
+    """Once per plan and GPU: the build, the shared-memory opt-ins, the cooperative launches' residency check; then
+    each launch's driver arguments (function, grid, block, shared memory, cooperative)."""
     from cupy.cuda import driver
 
     kernels = module(device_id, plan.defines)
-    slots, _, parameters = _parameter_block()
-    ARG_SLOTS.pack_into(slots, 0, *plan.arg_values({k: v.data.ptr for k, v in buffers.items()}, x_strides))
 
     def occupancy(ln):
         return driver.occupancyMaxActiveBlocksPerMultiprocessor(kernels[ln.kernel].kernel.ptr, ln.block[0],
                                                                ln.smem_bytes)  # fmt: skip
 
-    with cupy.cuda.Device(device_id):
-        for ln in plan.launches:
-            fn = kernels[ln.kernel]
-            if ln.smem_bytes > _OPTED_IN.get(id(fn), 48 * 1024):
-                fn.max_dynamic_shared_size_bytes = ln.smem_bytes  # a driver call: only when it must grow
-                _OPTED_IN[id(fn)] = ln.smem_bytes
-            f, (gx, gy, gz), (bx, by, bz) = fn.kernel.ptr, ln.grid, ln.block
-            if ln.cooperative:
-                plan.check_residency(ln, occupancy, build=("cupy", device_id))
-                driver.launchCooperativeKernel(f, gx, gy, gz, bx, by, bz, ln.smem_bytes, stream.ptr, parameters)
-            else:
-                driver.launchKernel(f, gx, gy, gz, bx, by, bz, ln.smem_bytes, stream.ptr, parameters, 0)
+    launches = []
+    for ln in plan.launches:
+        fn = kernels[ln.kernel]
+        if ln.smem_bytes > _OPTED_IN.get(id(fn), 48 * 1024):
+            fn.max_dynamic_shared_size_bytes = ln.smem_bytes  # a driver call: only when it must grow
+            _OPTED_IN[id(fn)] = ln.smem_bytes
+        if ln.cooperative:
+            plan.check_residency(ln, occupancy, build=("cupy", device_id))
+        launches.append((fn.kernel.ptr, *ln.grid, *ln.block, ln.smem_bytes, ln.cooperative))
+    return tuple(launches)

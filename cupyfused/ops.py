@@ -71,72 +71,82 @@ def _dtype_name(a) -> str:
     return str(a.dtype).replace("torch.", "")
 
 
+_FLOAT32: dict = {}
+
+
 def _is_float32(a, kind) -> bool:
     if kind == "cupy":
         return a.dtype.char == "f"
-    import torch
+    f32 = _FLOAT32.get(kind)
+    if f32 is None:
+        import torch
 
-    return a.dtype == torch.float32
+        f32 = _FLOAT32[kind] = torch.float32
+    return a.dtype is f32
 
 
-def _numel(a) -> int:
-    n = 1
-    for s in a.shape:
-        n *= int(s)
-    return n
+_ENGINE_CHOICES = ("auto",) + ENGINES
 
 
 def _validate(x, params, num_groups, eps, backend, engine, out):
+    """All the checks, before any launch: kinds and dtypes (TypeError), then shapes and values, then devices
+    (ValueError). Returns (kind, device index, x's shape, C_out, K). A call's host time at small batches is mostly
+    this and the launch, so each tensor's attributes are read once (bench/host_profile.py times it)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
-    if engine not in ("auto",) + ENGINES:
-        raise ValueError(f"engine must be one of {('auto',) + ENGINES}; got {engine!r}")
+    if engine not in _ENGINE_CHOICES:
+        raise ValueError(f"engine must be one of {_ENGINE_CHOICES}; got {engine!r}")
     kind = _kind(x)
     if kind is None:
         raise TypeError(f"x must be a torch.Tensor or a cupy.ndarray; got {type(x).__name__}")
-    named = dict(x=x, **params)
-    kinds = {}
-    for name, a in named.items():
-        k = kinds[name] = _kind(a)
+    named = [("x", x, kind)]
+    for name, a in params.items():
+        k = _kind(a)
         if k is None:
             raise TypeError(f"{name} must be a torch.Tensor or a cupy.ndarray; got {type(a).__name__}")
+        named.append((name, a, k))
+    for name, a, k in named:
         if not _is_float32(a, k):
             raise TypeError(f"cupyfused computes in float32: {name} has dtype {_dtype_name(a)}")
-    if x.ndim != 4:
+    x_shape = tuple(x.shape)
+    if len(x_shape) != 4:
         raise ValueError(
-            f"expected 4-D input x of shape (N, C_in, H, W); got {x.ndim}-D input of shape {tuple(x.shape)}"
+            f"expected 4-D input x of shape (N, C_in, H, W); got {len(x_shape)}-D input of shape {x_shape}"
         )
-    w = params["conv_weight"]
-    if w.ndim != 4 or w.shape[2] != w.shape[3]:
-        raise ValueError(f"conv_weight must have shape (C_out, C_in, K, K); got {tuple(w.shape)}")
-    N, C_in, H, W = (int(s) for s in x.shape)
-    C_out, K = int(w.shape[0]), int(w.shape[2])
+    w_shape = tuple(params["conv_weight"].shape)
+    if len(w_shape) != 4 or w_shape[2] != w_shape[3]:
+        raise ValueError(f"conv_weight must have shape (C_out, C_in, K, K); got {w_shape}")
+    N, C_in, H, W = x_shape
+    C_out, K = w_shape[0], w_shape[2]
     if C_out < 1 or K < 1:
-        raise ValueError(f"conv_weight must have C_out >= 1 and K >= 1; got {tuple(w.shape)}")
-    if int(w.shape[1]) != C_in:
+        raise ValueError(f"conv_weight must have C_out >= 1 and K >= 1; got {w_shape}")
+    if w_shape[1] != C_in:
         raise ValueError(
-            f"Given groups=1, weight of size {list(w.shape)}, expected input{list(x.shape)} to have "
-            f"{int(w.shape[1])} channels, but got {C_in} channels instead"
+            f"Given groups=1, weight of size {list(w_shape)}, expected input{list(x_shape)} to have "
+            f"{w_shape[1]} channels, but got {C_in} channels instead"
         )
     if H < K or W < K:
         raise ValueError(
             f"Calculated input size per channel: ({H} x {W}). Kernel size: ({K} x {K}). "
             "Kernel size can't be greater than actual input size"
         )
+    vector = (C_out,)
     for name in ("conv_bias", "gn_weight", "gn_bias"):
-        if tuple(params[name].shape) != (C_out,):
-            raise ValueError(f"{name} must have shape ({C_out},); got {tuple(params[name].shape)}")
+        shape = tuple(params[name].shape)
+        if shape != vector:
+            raise ValueError(f"{name} must have shape ({C_out},); got {shape}")
     for name in ("bias", "scale"):
-        a = params[name]
-        shape = tuple(int(s) for s in a.shape)
+        shape = tuple(params[name].shape)
         trimmed = shape[1:] if len(shape) == 4 and shape[0] == 1 else shape
-        if not (_numel(a) == 1 or trimmed == (C_out, 1, 1)):
+        if not (trimmed == (C_out, 1, 1) or all(s == 1 for s in shape)):
             raise ValueError(f"{name} must have shape ({C_out}, 1, 1) (one value per output channel); got {shape}")
-    if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral) or num_groups < 1:
+    if type(num_groups) is not int and (isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral)):
+        raise ValueError(f"num_groups must be a positive integer; got {num_groups!r}")
+    if num_groups < 1:
         raise ValueError(f"num_groups must be a positive integer; got {num_groups!r}")
     if C_out % num_groups:
         raise ValueError(f"num_channels must be divisible by num_groups (C_out={C_out}, num_groups={num_groups})")
-    if not isinstance(eps, numbers.Real) or not eps > 0:
+    if not (type(eps) is float or isinstance(eps, numbers.Real)) or not eps > 0:
         raise ValueError(f"eps must be a positive number; got {eps!r}")
     if out is not None:
         OH, OW = H - K + 1, W - K + 1
@@ -144,18 +154,18 @@ def _validate(x, params, num_groups, eps, backend, engine, out):
             raise TypeError(f"out must be the same kind of array as x ({kind}); got {type(out).__name__}")
         if not _is_float32(out, kind):
             raise TypeError(f"out must be float32; got {_dtype_name(out)}")
-        if tuple(int(s) for s in out.shape) != (N, C_out, OH, OW):
+        if tuple(out.shape) != (N, C_out, OH, OW):
             raise ValueError(f"out must have shape {(N, C_out, OH, OW)}; got {tuple(out.shape)}")
         contiguous = out.is_contiguous() if kind == "torch" else out.flags.c_contiguous
         if not contiguous:
             raise ValueError("out must be C-contiguous")
-        named["out"], kinds["out"] = out, kind
+        named.append(("out", out, kind))
     dev = _cuda_index(x, kind)
     if dev < 0:
         raise ValueError(f"x must be a CUDA tensor (on a CUDA device); got a tensor on {_device_of(x, kind)[0]}")
-    for name, a in named.items():
-        if _cuda_index(a, kinds[name]) != dev:
-            d = _device_of(a, kinds[name])
+    for name, a, k in named:
+        if _cuda_index(a, k) != dev:
+            d = _device_of(a, k)
             raise ValueError(
                 f"Expected all tensors to be on the same device: x is on cuda:{dev}, {name} is on "
                 f"{d[0]}{'' if d[1] is None else f':{d[1]}'}"
@@ -163,7 +173,7 @@ def _validate(x, params, num_groups, eps, backend, engine, out):
     reason = _unavailable(backend)
     if reason is not None:
         raise BackendUnavailableError(f"cupyfused backend {backend!r} is not available: {reason}")
-    return kind, dev, (N, C_in, H, W), C_out, K
+    return kind, dev, x_shape, C_out, K
 
 
 def fused_forward(x, conv_weight, conv_bias, bias, scale, gn_weight, gn_bias, num_groups, eps=1e-5, *,
@@ -255,18 +265,17 @@ def _run_torch_input(x, params, given, G, eps, backend, engine, out, dev, out_sh
         return out
     import cupy
 
-    with torch.cuda.device(dev):
-        # torch tensors reach CuPy through DLPack (zero-copy) on torch's current stream, so no extra sync.
-        stream = _cupy_backend.external_stream(torch.cuda.current_stream(dev), dev)
-        with cupy.cuda.Device(dev), stream:
-            xc, outc = _cupy_backend.view(x), _cupy_backend.view(out)
-            pc = {k: given[k] if _kind(given[k]) == "cupy" else _param_view(given[k], params[k]) for k in params}
-            if torch.cuda.is_current_stream_capturing():
-                # CuPy's pool cannot allocate while torch captures the stream; torch's allocator can.
-                ws = _cupy_backend.view(torch.empty(plan.workspace_shape, dtype=torch.float64, device=x.device))
-            else:
-                ws = cupy.empty(plan.workspace_shape, dtype=cupy.float64)  # less host time than the above
-            bufs = _buffers(xc, pc, out_shape[1], ws, outc, cupy)
+    # torch tensors reach CuPy through DLPack (zero-copy) on torch's current stream, so no extra sync.
+    stream = _cupy_backend.torch_stream(dev)
+    with cupy.cuda.Device(dev), stream:
+        xc, outc = _cupy_backend.view(x), _cupy_backend.view(out)
+        pc = {k: given[k] if _kind(given[k]) == "cupy" else _param_view(given[k], params[k]) for k in params}
+        if _cupy_backend.capturing(stream, dev):
+            # CuPy's pool cannot allocate while torch captures the stream; torch's allocator can.
+            ws = _cupy_backend.view(torch.empty(plan.workspace_shape, dtype=torch.float64, device=x.device))
+        else:
+            ws = cupy.empty(plan.workspace_shape, dtype=cupy.float64)  # less host time than the above
+        bufs = _buffers(xc, pc, out_shape[1], ws, outc, cupy)
         _cupy_backend.launch(plan, bufs, x.stride(), dev, stream)
     return out
 
@@ -284,8 +293,9 @@ def _forget(k, ref):
 
 
 def _param_view(given, tensor):
-    """The CuPy view of ``tensor`` (the torch form of ``given``), cached under the object the caller passed."""
-    key = (tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()), tensor.device.index)
+    """The CuPy view of ``tensor`` (the torch form of ``given``), cached under the object the caller passed. The
+    address names the device too (one address space for all GPUs)."""
+    key = (tensor.data_ptr(), tensor.shape, tensor.stride())
     hit = _PARAM_VIEWS.get(id(given))
     if hit is not None and hit[0]() is given and hit[1] == key:
         return hit[2]

@@ -141,6 +141,11 @@ def _align4(words: int) -> int:
     return (words + 3) & ~3
 
 
+def build_key(defines: dict) -> tuple:
+    """A set of compile-time constants as a hashable key (one kernel build per key and device)."""
+    return tuple(sorted(defines.items()))
+
+
 @dataclasses.dataclass(frozen=True)
 class Launch:
     """One kernel launch of a plan."""
@@ -188,6 +193,19 @@ class Plan:
     @property
     def smem_bytes(self) -> int:
         return self.main.smem_bytes
+
+    @functools.cached_property
+    def _launcher_state(self) -> dict:
+        return {}
+
+    def launcher_state(self, key, make):
+        """What a launcher works out from this plan once per build (``key``) instead of on every call: ``make()``'s
+        result (the module, the occupancy checks and each launch's driver arguments; nothing is kept if it
+        raises). Plans are memoized (ops._plan), so a repeated call finds it here."""
+        state = self._launcher_state.get(key)
+        if state is None:
+            state = self._launcher_state[key] = make()
+        return state
 
     @property
     def chunk_width(self) -> int:

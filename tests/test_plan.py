@@ -315,6 +315,29 @@ def test_residency_check(monkeypatch):
         plan.check_residency(launch, per_sm(0), build=("test", 1))  # another build is asked
 
 
+def test_launcher_state():
+    """What a launcher works out from a plan (module, checks, launch arguments) is made once per key, and not kept
+    when making it raises (a failed residency check is raised again on the next call)."""
+    plan = plan_of(H100, **DEFAULT)
+    made = []
+
+    def make():
+        made.append(1)
+        return ("state", len(made))
+
+    assert plan.launcher_state(("cupy", 0), make) == ("state", 1)
+    assert plan.launcher_state(("cupy", 0), make) == ("state", 1)  # not made again
+    assert plan.launcher_state(("torch", 0, None), make) == ("state", 2)  # another build
+
+    def fails():
+        raise RuntimeError("resident blocks")
+
+    for _ in range(2):
+        with pytest.raises(RuntimeError):
+            plan.launcher_state(("cupy", 1), fails)
+    assert plan == plan_of(H100, **DEFAULT)  # the state is no part of the plan's value
+
+
 def test_argument_slots():
     """Both launchers pass the kernels' arguments as 8-byte slots, in SIGNATURE order: an int32 or a float32 in
     the first 4 bytes of its slot (little-endian, as the kernel reads its parameter), int64 and pointers whole."""
